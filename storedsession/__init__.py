@@ -1,0 +1,32 @@
+"""storedsession: encrypted, database-backed sessions for Python web apps."""
+
+from .exceptions import (
+    ConfigurationError,
+    SerializationError,
+    SessionInterrupted,
+    SessionTooLarge,
+    StoredSessionError,
+    StoreUnavailable,
+    TableMissing,
+)
+from .keys import generate_key
+from .session import Session
+from .store import Outcome, SessionInfo, SessionStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "Outcome",
+    "SerializationError",
+    "Session",
+    "SessionInfo",
+    "SessionInterrupted",
+    "SessionStore",
+    "SessionTooLarge",
+    "StoreUnavailable",
+    "StoredSessionError",
+    "TableMissing",
+    "__version__",
+    "generate_key",
+]

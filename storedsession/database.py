@@ -1,0 +1,141 @@
+"""The session database: built from a URL or given, connected only when needed.
+
+Every database error leaves this module as :class:`StoreUnavailable`, chained to the
+driver's error, and never with the password of a database URL in its message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import peewee
+from playhouse import db_url
+
+from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
+
+security_log = logging.getLogger("storedsession.security")
+
+#: What a URL-built SQLite database runs with: WAL lets expiry and traffic share the
+#: file, the busy timeout makes writers wait for each other instead of failing.
+SQLITE_PRAGMAS = (("journal_mode", "wal"), ("synchronous", "normal"))
+SQLITE_TIMEOUT = 5.0
+
+
+def redact(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        netloc = f"{parts.username or ''}:***@{host}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparseable database URL>"
+
+
+def open_database(database: str | peewee.Database) -> tuple[peewee.Database, bool]:
+    """Return a peewee database for a URL or database object, and whether it is ours."""
+    if isinstance(database, peewee.Database):
+        return database, False
+    if not isinstance(database, str):
+        raise ConfigurationError(
+            "The session database must be a peewee Database or a URL such as "
+            f"'sqlite:///sessions.db', not {type(database).__name__}."
+        )
+    scheme = database.partition(":")[0]
+    extra: dict[str, object] = {}
+    if scheme.startswith("sqlite"):
+        extra = {"pragmas": SQLITE_PRAGMAS, "timeout": SQLITE_TIMEOUT}
+    try:
+        db = db_url.connect(database, unquote_password=True, unquote_user=True, **extra)
+    except Exception:
+        # db_url's own messages quote the whole URL, password included.
+        raise ConfigurationError(
+            f"Cannot use the database URL {redact(database)!r}: use a scheme peewee's "
+            "db_url knows (sqlite, postgresql, mysql, or one of them with +pool) and a "
+            "database name, as in 'postgresql://user@host/dbname' or 'sqlite:///file.db'."
+        ) from None
+    return db, True
+
+
+def is_mysql(database: peewee.Database) -> bool:
+    """Tell whether ``database`` speaks MySQL/MariaDB."""
+    return isinstance(database, peewee.MySQLDatabase)
+
+
+def is_sqlite(database: peewee.Database) -> bool:
+    """Tell whether ``database`` is SQLite."""
+    return isinstance(database, peewee.SqliteDatabase)
+
+
+_PASSWORDISH = re.compile(r"(password|passwd)=\S+", re.IGNORECASE)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return _PASSWORDISH.sub(r"\1=***", text)[:300]
+
+
+def _discard(database: peewee.Database) -> None:
+    # The connection may be broken: never hand it back to a pool, never raise here.
+    try:
+        manual_close = getattr(database, "manual_close", None)
+        if manual_close is not None:
+            manual_close()
+        else:
+            database.close()
+    except Exception:
+        database._state.reset()
+
+
+class Connector:
+    """Open a connection only when none is open, and close only what it opened."""
+
+    def __init__(self, database: peewee.Database, table_name: str) -> None:
+        self.database = database
+        self.table_name = table_name
+
+    @contextmanager
+    def __call__(self) -> Iterator[peewee.Database]:
+        database = self.database
+        opened = False
+        try:
+            if database.is_closed():
+                database.connect()
+                opened = True
+            yield database
+        except (peewee.PeeweeException, OSError) as exc:
+            missing = isinstance(exc, peewee.ProgrammingError | peewee.OperationalError) and (
+                self._table_missing()
+            )
+            if opened:
+                _discard(database)
+                opened = False
+            if missing:
+                raise TableMissing(self.table_name) from exc
+            security_log.error("Session database error: %s", _describe(exc))
+            raise StoreUnavailable(
+                f"The session database failed or cannot be reached ({_describe(exc)}). "
+                "Nothing was saved; try again when it is back."
+            ) from exc
+        finally:
+            if opened:
+                try:
+                    database.close()
+                except Exception:
+                    _discard(database)
+
+    def _table_missing(self) -> bool:
+        try:
+            if self.database.in_transaction():
+                return False
+            return not self.database.table_exists(self.table_name)
+        except Exception:
+            return False

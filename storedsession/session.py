@@ -1,0 +1,172 @@
+"""The session object: a JSON mapping that knows whether and how it changed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from . import serialization
+
+
+def _datetime(ms: int | None) -> datetime | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def seconds(value: float | timedelta | None, name: str) -> float | None:
+    """Normalise a duration given as seconds or a timedelta; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} takes seconds or a timedelta, not {type(value).__name__}.")
+    if value < 0:
+        raise ValueError(f"{name} cannot be negative.")
+    return value
+
+
+class Session(MutableMapping[str, Any]):
+    """One user's session data, as loaded by :meth:`SessionStore.load`.
+
+    A mutable mapping of JSON values. Changes, including in-place changes to nested
+    values, are found by comparing against what was loaded, so a request that changes
+    nothing writes nothing. Build sessions with the store, not directly.
+    """
+
+    __slots__ = (
+        "_data", "_loaded", "_public_id", "_handle", "_version", "_created", "_last_seen",
+        "_expires", "_user_id", "_loaded_user_id", "_idle", "_loaded_idle", "_regenerate",
+        "_doomed",
+    )
+
+    def __init__(self) -> None:
+        self._doomed: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._data: dict[str, Any] = {}
+        self._loaded: bytes | None = None
+        self._public_id: str | None = None
+        self._handle: str | None = None
+        self._version = 0
+        self._created: int | None = None
+        self._last_seen: int | None = None
+        self._expires: int | None = None
+        self._user_id: str | None = None
+        self._loaded_user_id: str | None = None
+        self._idle: int | None = None
+        self._loaded_idle: int | None = None
+        self._regenerate = False
+
+    # -- the mapping --------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __repr__(self) -> str:
+        # Neither the id nor the values: a repr ends up in logs and tracebacks.
+        state = "new" if self.new else "stored"
+        return f"<Session {state}, {len(self._data)} keys>"
+
+    # -- identity and state -------------------------------------------------------
+    @property
+    def id(self) -> str | None:
+        """The public id to put in the cookie; ``None`` until the session is stored."""
+        return self._public_id
+
+    @property
+    def handle(self) -> str | None:
+        """The stored (hashed) id, safe to show; ``None`` until the session is stored."""
+        return self._handle
+
+    @property
+    def new(self) -> bool:
+        """True while the session has not been stored."""
+        return self._handle is None
+
+    @property
+    def modified(self) -> bool:
+        """True when data, ``user_id`` or the expiry changed since the session was loaded."""
+        if self._user_id != self._loaded_user_id or self._idle != self._loaded_idle:
+            return True
+        if self._loaded is None:
+            return bool(self._data)
+        try:
+            return serialization.dumps(self._data) != self._loaded
+        except Exception:
+            return True
+
+    @property
+    def user_id(self) -> str | None:
+        """The user this session belongs to, as text; settable with a str or an int."""
+        return self._user_id
+
+    @user_id.setter
+    def user_id(self, value: str | int | None) -> None:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise TypeError(f"user_id takes a str or an int, not {type(value).__name__}.")
+            value = str(value)
+            if not value or len(value) > 255:
+                raise ValueError("user_id must be 1 to 255 characters long.")
+        self._user_id = value
+
+    @property
+    def created_at(self) -> datetime | None:
+        """When the session was first stored (UTC), ``None`` while new."""
+        return _datetime(self._created)
+
+    @property
+    def last_seen_at(self) -> datetime | None:
+        """When the session was last written or touched (UTC), ``None`` while new."""
+        return _datetime(self._last_seen)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the stored session stops working (UTC); ``None`` while new or without limit."""
+        return _datetime(self._expires)
+
+    @property
+    def idle_timeout(self) -> int | None:
+        """This session's own idle timeout in seconds (0: browser session), or ``None``."""
+        return self._idle
+
+    # -- lifecycle ----------------------------------------------------------------
+    def regenerate(self) -> None:
+        """Give the session a new id at the next save, keeping its data (call it at login)."""
+        self._regenerate = True
+
+    def invalidate(self) -> None:
+        """Clear the session and delete its stored row at the next save (logout)."""
+        if self._handle is not None:
+            self._doomed = self._handle
+        self._reset()
+
+    def set_expiry(self, value: float | timedelta | None) -> None:
+        """Set this session's idle timeout: seconds, a timedelta, ``0`` or ``None``.
+
+        ``0`` makes the cookie a browser-session cookie (no ``Max-Age``) while the server
+        applies the store's idle timeout; ``None`` returns to the store's default.
+        """
+        duration = seconds(value, "set_expiry()")
+        self._idle = None if duration is None else int(duration)

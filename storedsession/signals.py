@@ -1,0 +1,20 @@
+"""Blinker signals, each sent with ``sid=`` the stored (hashed) id, never the public id.
+
+- ``session_read``: once per database read of a session.
+- ``session_write``: once per insert or update of a session.
+- ``session_delete``: once per deleted session.
+- ``sessions_expired``: once per ``expire()``, with ``count=`` the rows removed.
+
+The sender is the :class:`~storedsession.SessionStore`.
+"""
+
+from __future__ import annotations
+
+from blinker import Namespace
+
+_signals = Namespace()
+
+session_read = _signals.signal("session-read")
+session_write = _signals.signal("session-write")
+session_delete = _signals.signal("session-delete")
+sessions_expired = _signals.signal("sessions-expired")

@@ -1,0 +1,68 @@
+"""The hot-path SQL, built once per store for its database's dialect.
+
+Peewee's query builder costs several times the query itself on a fast backend, and a
+peewee query object run twice returns its cached first result; so the statements a
+request runs are plain strings executed with ``database.execute_sql``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import peewee
+
+from .database import is_mysql
+
+COLUMNS = "payload, user_id, created_at, last_seen_at, expires_at, idle_timeout, version"
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The statements of one table on one database."""
+
+    select: str
+    insert: str
+    insert_ignores_conflict: bool
+    update: str
+    touch: str
+    delete: str
+    delete_version: str
+    expire_batch: str
+    count_expired: str
+
+    @classmethod
+    def build(cls, database: peewee.Database, table_name: str) -> Statements:
+        """Write the statements in ``database``'s quoting and parameter style."""
+        p = database.param
+        t = database.quote[0] + table_name + database.quote[1]
+        mysql = is_mysql(database)
+        # PostgreSQL aborts a whole transaction on a duplicate key; ON CONFLICT DO
+        # NOTHING reports a collision as 0 rows instead. MySQL has no such clause that
+        # ignores only duplicates (INSERT IGNORE also hides truncation): it raises.
+        conflict = "" if mysql else " ON CONFLICT DO NOTHING"
+        if mysql:
+            # MySQL cannot LIMIT a subquery of IN, but can LIMIT a DELETE.
+            expire = f"DELETE FROM {t} WHERE expires_at <= {p} ORDER BY expires_at LIMIT {p}"
+        else:
+            expire = (
+                f"DELETE FROM {t} WHERE sid IN (SELECT sid FROM {t} "
+                f"WHERE expires_at <= {p} LIMIT {p})"
+            )
+        return cls(
+            select=f"SELECT {COLUMNS} FROM {t} WHERE sid = {p}",
+            insert=(
+                f"INSERT INTO {t} (sid, {COLUMNS}) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, 1)"
+                + conflict
+            ),
+            insert_ignores_conflict=not mysql,
+            update=(
+                f"UPDATE {t} SET payload = {p}, user_id = {p}, last_seen_at = {p}, "
+                f"expires_at = {p}, idle_timeout = {p}, version = version + 1 "
+                f"WHERE sid = {p} AND version = {p}"
+            ),
+            touch=f"UPDATE {t} SET last_seen_at = {p}, expires_at = {p} WHERE sid = {p}",
+            delete=f"DELETE FROM {t} WHERE sid = {p}",
+            delete_version=f"DELETE FROM {t} WHERE sid = {p} AND version = {p}",
+            expire_batch=expire,
+            count_expired=f"SELECT COUNT(*) FROM {t} WHERE expires_at <= {p}",
+        )
