@@ -92,7 +92,7 @@ def _discard(database: peewee.Database) -> None:
         else:
             database.close()
     except Exception:
-        database._state.reset()
+        database.dispose()
 
 
 class Connector:

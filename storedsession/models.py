@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import peewee
 
@@ -23,7 +24,7 @@ def check_table_name(name: str) -> str:
     return name
 
 
-def build_model(database: peewee.Database, table_name: str = DEFAULT_TABLE) -> type[peewee.Model]:
+def build_model(database: peewee.Database, table_name: str = DEFAULT_TABLE) -> Any:
     """Return a model of the session table bound to ``database``.
 
     Times are integer milliseconds since the epoch (UTC), exact on every backend.

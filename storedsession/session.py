@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, MutableMapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import serialization
@@ -12,7 +13,7 @@ from . import serialization
 def _datetime(ms: int | None) -> datetime | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def seconds(value: float | timedelta | None, name: str) -> float | None:
@@ -39,11 +40,12 @@ class Session(MutableMapping[str, Any]):
     __slots__ = (
         "_data", "_loaded", "_public_id", "_handle", "_version", "_created", "_last_seen",
         "_expires", "_user_id", "_loaded_user_id", "_idle", "_loaded_idle", "_regenerate",
-        "_doomed",
+        "_doomed", "_invalidated",
     )
 
     def __init__(self) -> None:
         self._doomed: str | None = None
+        self._invalidated = False
         self._reset()
 
     def _reset(self) -> None:
@@ -160,6 +162,7 @@ class Session(MutableMapping[str, Any]):
         """Clear the session and delete its stored row at the next save (logout)."""
         if self._handle is not None:
             self._doomed = self._handle
+        self._invalidated = True
         self._reset()
 
     def set_expiry(self, value: float | timedelta | None) -> None:
@@ -169,4 +172,4 @@ class Session(MutableMapping[str, Any]):
         applies the store's idle timeout; ``None`` returns to the store's default.
         """
         duration = seconds(value, "set_expiry()")
-        self._idle = None if duration is None else int(duration)
+        self._idle = None if duration is None else math.ceil(duration)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, ParamSpec, TypeVar
 
@@ -77,7 +77,7 @@ def _ms(value: float | None) -> int | None:
 
 
 def _utc(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _offload(method: Callable[P, R]) -> Callable[P, Any]:
@@ -118,7 +118,7 @@ class SessionStore:
         try:
             self._idle = _ms(seconds(idle_timeout, "idle_timeout"))
             self._absolute = _ms(seconds(absolute_timeout, "absolute_timeout"))
-            self._touch = _ms(seconds(touch_interval, "touch_interval")) or 0
+            self._touch_ms = _ms(seconds(touch_interval, "touch_interval")) or 0
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(str(exc)) from None
         self.max_size = max_size
@@ -149,7 +149,7 @@ class SessionStore:
             return int(time.time() * 1000)
         moment = self._clock()
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         return int(moment.timestamp() * 1000)
 
     def _idle_for(self, session_idle: int | None) -> int | None:
@@ -341,7 +341,7 @@ class SessionStore:
                 except _Conflict:
                     plaintext = self._merge_latest(session)
                     if tries:
-                        time.sleep(random.uniform(0, 0.002 * tries))
+                        time.sleep(random.uniform(0, 0.002 * tries))  # noqa: S311 - jitter
         raise StoreUnavailable(
             "The session kept changing under this request and could not be saved; "
             "try again."
@@ -403,9 +403,7 @@ class SessionStore:
         for key in base.keys() | ours.keys():
             if key not in ours:
                 theirs.pop(key, None)
-            elif key not in base:
-                theirs[key] = ours[key]
-            elif key in theirs and encode(base[key]) != encode(ours[key]):
+            elif key not in base or (key in theirs and encode(base[key]) != encode(ours[key])):
                 theirs[key] = ours[key]
             # else: unchanged here, or deleted there (a deletion we did not see wins)
         _, user_id, created, last_seen, expires, idle, version = row
@@ -421,7 +419,7 @@ class SessionStore:
     def _touch(self, session: Session) -> Outcome:
         now = self.now()
         assert session._last_seen is not None and session._created is not None
-        if now - session._last_seen < self._touch:
+        if now - session._last_seen < self._touch_ms:
             return Outcome.NOTHING
         expires = self._expiry(session._created, now, session._idle)
         with self._connection():
@@ -449,6 +447,7 @@ class SessionStore:
                 self._delete_handles(handles)
         session._reset()
         session._doomed = None
+        session._invalidated = True
 
     def expire(self, batch_size: int = 1000, *, pause: float = 0.0,
                progress: Callable[[int], None] | None = None) -> int:

@@ -1,0 +1,284 @@
+"""The request lifecycle, once for every framework.
+
+An adapter builds a :class:`SessionMiddlewareCore` from its options, makes one
+:class:`RequestSession` per request from the raw ``Cookie`` header and the request's
+scheme, hands ``request_session.session`` (a lazy proxy) to the application, and at the
+end asks :meth:`RequestSession.finish` which headers to add. Every decision (load or
+not, save or not, which cookie, ``Vary``, 5xx, interrupted sessions) is taken here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
+
+import peewee
+
+from . import ids
+from .exceptions import ConfigurationError, SessionInterrupted
+from .session import Session
+from .store import Outcome, SessionStore
+
+security_log = logging.getLogger("storedsession.security")
+
+#: Where an adapter puts the session for code that does not take the keyword.
+ENVIRON_KEY = "storedsession.session"
+_SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+
+
+@dataclass(frozen=True)
+class CookieOptions:
+    """The session cookie's name and attributes."""
+
+    name: str = "session"
+    path: str = "/"
+    domain: str | None = None
+    secure: bool | None = None
+    httponly: bool = True
+    samesite: str | None = "Lax"
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in ' ;,="\t\r\n'):
+            raise ConfigurationError(f"{self.name!r} is not a usable cookie name.")
+        if self.samesite is not None:
+            canonical = _SAMESITE.get(str(self.samesite).lower())
+            if canonical is None:
+                raise ConfigurationError("cookie_samesite takes 'Lax', 'Strict', 'None' or None.")
+            object.__setattr__(self, "samesite", canonical)
+            if canonical == "None" and self.secure is False:
+                raise ConfigurationError("cookie_samesite='None' needs a Secure cookie.")
+        if self.name.startswith("__Host-") and (
+            self.domain is not None or self.path != "/" or self.secure is False
+        ):
+            raise ConfigurationError(
+                "A '__Host-' cookie needs cookie_path='/', no cookie_domain and a Secure "
+                "cookie; browsers refuse it otherwise."
+            )
+
+    def header(self, value: str, max_age: int | None, https: bool) -> str:
+        """Return a ``Set-Cookie`` value; ``max_age`` ``None`` makes a browser-session cookie."""
+        expires = None if max_age is None else formatdate(time.time() + max_age, usegmt=True)
+        return self._build(value, max_age, expires, https)
+
+    def deletion(self, https: bool) -> str:
+        """Return a ``Set-Cookie`` value that expires the cookie, Secure where it was."""
+        return self._build("", 0, "Thu, 01 Jan 1970 00:00:00 GMT", https)
+
+    def _build(self, value: str, max_age: int | None, expires: str | None, https: bool) -> str:
+        parts = [f"{self.name}={value}", f"Path={self.path}"]
+        if self.domain:
+            parts.append(f"Domain={self.domain}")
+        if max_age is not None:
+            parts.append(f"Max-Age={max_age}")
+            parts.append(f"Expires={expires}")
+        if self.secure or (self.secure is None and https):
+            parts.append("Secure")
+        if self.httponly:
+            parts.append("HttpOnly")
+        if self.samesite:
+            parts.append(f"SameSite={self.samesite}")
+        return "; ".join(parts)
+
+
+
+def cookie_values(header: str | None, name: str) -> Iterator[str]:
+    """Yield every value of cookie ``name`` in a raw ``Cookie`` header, in order."""
+    if not header:
+        return
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key.strip() == name:
+            yield value.strip()
+
+
+def pick_cookie(header: str | None, name: str) -> str | None:
+    """Return the first well-formed value of cookie ``name``, else the first value, if any."""
+    first = None
+    for value in cookie_values(header, name):
+        if ids.is_public_id(value):
+            return value
+        if first is None:
+            first = value
+    return first
+
+
+def add_vary(existing: str | None) -> str:
+    """Return ``existing`` Vary value with ``Cookie`` in it."""
+    if not existing:
+        return "Cookie"
+    fields = [f.strip().lower() for f in existing.split(",")]
+    if "cookie" in fields or "*" in fields:
+        return existing
+    return f"{existing}, Cookie"
+
+
+class LazySession(Session):
+    """A :class:`Session` that loads itself from the store on first use."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: RequestSession) -> None:
+        object.__setattr__(self, "_request", request)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _LAZY_OWN:
+            return object.__getattribute__(self, name)
+        return getattr(object.__getattribute__(self, "_request").session_object(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_request").session_object(), name, value)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._request.session_object()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._request.session_object()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._request.session_object()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._request.session_object())
+
+    def __len__(self) -> int:
+        return len(self._request.session_object())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._request.session_object()
+
+    def __repr__(self) -> str:
+        return repr(self._request.session_object())
+
+
+_LAZY_OWN = frozenset({
+    "_request", "__class__", "__getitem__", "__setitem__", "__delitem__", "__iter__",
+    "__len__", "__contains__", "__repr__", "__dict__",
+})
+
+
+class RequestSession:
+    """The session of one request: loaded on first use, saved by :meth:`finish`.
+
+    ``hold_connection`` keeps one database connection from the first query to the end
+    of the request (WSGI). Under ASGI each offloaded call takes its own instead, since
+    peewee keeps connections per thread.
+    """
+
+    __slots__ = ("core", "cookie", "https", "lazy", "_session", "_exit", "_hold", "failed")
+
+    def __init__(self, core: SessionMiddlewareCore, cookie_header: str | None, https: bool,
+                 *, hold_connection: bool = True) -> None:
+        self.core = core
+        self.cookie = pick_cookie(cookie_header, core.cookie.name)
+        self.https = https
+        self.lazy = LazySession(self)
+        self._session: Session | None = None
+        self._exit: ExitStack | None = None
+        self._hold = hold_connection
+        #: Set when loading failed with StoreUnavailable (the adapter answers 503).
+        self.failed = False
+
+    @property
+    def accessed(self) -> bool:
+        """Whether the application used the session (it was loaded)."""
+        return self._session is not None
+
+    def _connect(self) -> None:
+        if self._hold and self._exit is None:
+            self._exit = ExitStack()
+            self._exit.enter_context(self.core.store.connected())
+
+    def session_object(self) -> Session:
+        """Return the real session, loading it on first use."""
+        if self._session is None:
+            if self.cookie is not None and ids.is_public_id(self.cookie):
+                self._connect()
+            try:
+                self._session = self.core.store.load(self.cookie)
+            except Exception:
+                self.failed = True
+                raise
+        return self._session
+
+    async def preload(self) -> None:
+        """Load the session in a worker thread when the request carries a cookie (ASGI)."""
+        if self._session is None and self.cookie is not None:
+            try:
+                self._session = await self.core.store.aload(self.cookie)
+            except Exception:
+                self.failed = True
+                raise
+
+    def finish(self, status: int) -> list[tuple[str, str]]:
+        """Save the session if the response allows it; return the headers to add.
+
+        Returns nothing for a request that never used the session. Raises
+        ``StoreUnavailable`` when the save failed: answer 503 without these headers.
+        """
+        try:
+            session = self._session
+            if session is None:
+                return []
+            headers = [("Vary", "Cookie")]
+            if status >= 500 or self.failed:
+                return headers
+            try:
+                outcome = self.core.store.save(session)
+            except SessionInterrupted:
+                security_log.warning("A session was deleted while a request used it; "
+                                     "nothing was saved.")
+                return headers
+            cookie = self.core.cookie
+            if outcome in (Outcome.WRITTEN, Outcome.TOUCHED):
+                assert session.id is not None
+                max_age = self.core.store.cookie_max_age(session)
+                headers.append(("Set-Cookie", cookie.header(session.id, max_age, self.https)))
+            elif session._invalidated and session.new:
+                headers.append(("Set-Cookie", cookie.deletion(self.https)))
+            return headers
+        finally:
+            self.close()
+
+    async def finish_async(self, status: int) -> list[tuple[str, str]]:
+        """:meth:`finish` with the database work in a worker thread."""
+        if self._session is None:
+            return []
+        return await asyncio.to_thread(self.finish, status)
+
+    def close(self) -> None:
+        """Return the request's connection, if it holds one."""
+        exit_stack, self._exit = self._exit, None
+        if exit_stack is not None:
+            exit_stack.close()
+
+
+class SessionMiddlewareCore:
+    """What every adapter shares: the store and the cookie options."""
+
+    def __init__(self, store_or_database: SessionStore | str | peewee.Database, *,
+                 keys: str | Sequence[str] | None = None, cookie_name: str = "session",
+                 cookie_path: str = "/", cookie_domain: str | None = None,
+                 cookie_secure: bool | None = None, cookie_httponly: bool = True,
+                 cookie_samesite: str | None = "Lax", **store_options: Any) -> None:
+        if isinstance(store_or_database, SessionStore):
+            if keys is not None or store_options:
+                raise ConfigurationError(
+                    "Pass keys and store options to the SessionStore, not to the adapter, "
+                    "when you give it a store."
+                )
+            self.store = store_or_database
+        else:
+            self.store = SessionStore(store_or_database, keys=keys, **store_options)
+        self.cookie = CookieOptions(cookie_name, cookie_path, cookie_domain, cookie_secure,
+                                    cookie_httponly, cookie_samesite)
+
+    def begin(self, cookie_header: str | None, https: bool, *,
+              hold_connection: bool = True) -> RequestSession:
+        """Start the session of one request."""
+        return RequestSession(self, cookie_header, https, hold_connection=hold_connection)

@@ -1,0 +1,125 @@
+"""One contract, every database: fixtures that run tests on SQLite, PostgreSQL and MariaDB.
+
+Server URLs come from ``STOREDSESSION_TEST_POSTGRES`` and ``STOREDSESSION_TEST_MYSQL``
+(defaults: the local servers). An unreachable server skips its tests, unless
+``STOREDSESSION_REQUIRE_ALL_BACKENDS=1`` is set (CI), which makes them fail.
+Every test gets a table of its own, dropped afterwards, so runs can overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from playhouse import db_url
+
+from storedsession import SessionStore, generate_key
+
+from .support import FakeClock, QueryCounter
+
+SERVER_URLS = {
+    "postgres": os.environ.get(
+        "STOREDSESSION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+    "mysql": os.environ.get("STOREDSESSION_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test"),
+}
+BACKENDS = ("sqlite", "postgres", "mysql")
+REQUIRE_ALL = os.environ.get("STOREDSESSION_REQUIRE_ALL_BACKENDS") == "1"
+_reachable: dict[str, str | None] = {}
+
+
+def _probe(backend: str) -> str | None:
+    """Return why ``backend`` cannot be used, or None when it answers."""
+    if backend not in _reachable:
+        try:
+            database = db_url.connect(SERVER_URLS[backend])
+            database.connect()
+            database.execute_sql("SELECT 1")
+            database.close()
+            _reachable[backend] = None
+        except Exception as exc:
+            _reachable[backend] = f"{backend} is not reachable: {type(exc).__name__}: {exc}"
+    return _reachable[backend]
+
+
+def backend_url(backend: str, tmp_path: Any) -> str:
+    """Return a database URL for ``backend``, skipping (or failing in CI) if it is down."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/sessions.db"
+    problem = _probe(backend)
+    if problem:
+        if REQUIRE_ALL:
+            pytest.fail(problem + " (STOREDSESSION_REQUIRE_ALL_BACKENDS=1)")
+        pytest.skip(problem)
+    return SERVER_URLS[backend]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the backend under test."""
+    return request.param
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Any) -> str:
+    """A URL of the backend under test."""
+    return backend_url(backend, tmp_path)
+
+
+@pytest.fixture
+def table_name() -> str:
+    """A table name no other test or run uses."""
+    return f"ss_test_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def keys() -> list[str]:
+    return [generate_key()]
+
+
+@pytest.fixture
+def make_store(
+    database_url: str, table_name: str, keys: list[str], clock: FakeClock
+) -> Iterator[Callable[..., SessionStore]]:
+    """Build stores on the test's table (created once, dropped at the end)."""
+    built: list[SessionStore] = []
+
+    def make(**options: Any) -> SessionStore:
+        options.setdefault("keys", keys)
+        options.setdefault("table_name", table_name)
+        options.setdefault("clock", clock)
+        store = SessionStore(options.pop("database", database_url), **options)
+        store.create_table()
+        built.append(store)
+        return store
+
+    yield make
+    for store in built:
+        try:
+            store.drop_table()
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., SessionStore]) -> SessionStore:
+    return make_store()
+
+
+@pytest.fixture
+def count_queries() -> Callable[[Any], QueryCounter]:
+    """``with count_queries(store) as q: ...; assert q.count == 1``."""
+
+    def counter(store_or_database: Any) -> QueryCounter:
+        database = getattr(store_or_database, "database", store_or_database)
+        return QueryCounter(database)
+
+    return counter
