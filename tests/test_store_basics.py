@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from storedsession import Outcome, Session, SessionStore
+from storedsession import (
+    Outcome,
+    SerializationError,
+    Session,
+    SessionStore,
+    SessionTooLarge,
+    generate_key,
+)
 
 from .support import fetch_rows
 
@@ -35,3 +42,263 @@ def test_bad_ids_load_empty_without_a_query(store, count_queries, value) -> None
         session = store.load(value)
     assert q.count == 0
     assert isinstance(session, Session) and session.new and len(session) == 0
+
+
+def test_stored_row_holds_no_public_id_and_no_plaintext(store: SessionStore) -> None:
+    session = store.load(None)
+    session["secret"] = "plaintext-canary-7731"
+    session.user_id = 7
+    store.save(session)
+    rows = fetch_rows(store)
+    assert len(rows) == 1
+    dump = repr(rows).encode() + b"".join(
+        bytes(v) for v in rows[0] if isinstance(v, bytes | memoryview | bytearray))
+    assert session.id.encode() not in dump
+    assert b"plaintext-canary-7731" not in dump
+    assert session.handle.encode() in dump  # only the hash is stored
+
+
+def test_a_stored_hashed_id_sent_as_cookie_finds_nothing(store: SessionStore) -> None:
+    session = store.load(None)
+    session["a"] = 1
+    store.save(session)
+    assert store.load(session.handle).new
+    assert store.load(session.id.swapcase()).new
+
+
+@pytest.mark.parametrize("size", [1024, 200 * 1024, "max"])
+def test_payload_sizes_round_trip(store: SessionStore, size) -> None:
+    length = store.max_size if size == "max" else size
+    session = store.load(None)
+    session["blob"] = ""
+    overhead = len(b'{"blob":""}')
+    session["blob"] = "x" * (length - overhead)
+    store.save(session)
+    loaded = store.load(session.id)
+    assert loaded["blob"] == session["blob"]
+    if size == "max":
+        loaded["blob"] += "y"
+        with pytest.raises(SessionTooLarge) as info:
+            store.save(loaded)
+        assert info.value.size == length + 1
+        assert store.load(session.id)["blob"] == session["blob"]  # nothing was written
+
+
+@pytest.mark.parametrize(
+    "value", [(1, 2), {1: "a"}, float("nan"), float("inf"), b"bytes", {"a", "b"}, object()]
+)
+def test_values_json_would_change_are_refused_naming_the_key(store: SessionStore, value) -> None:
+    session = store.load(None)
+    session["fine"] = [1, "two", {"three": 3.0}]
+    session["bad_key"] = value
+    with pytest.raises(SerializationError) as info:
+        store.save(session)
+    assert info.value.key == "bad_key" and "bad_key" in str(info.value)
+    assert fetch_rows(store) == []
+
+
+def test_datetime_is_refused(store: SessionStore) -> None:
+    from datetime import datetime
+
+    session = store.load(None)
+    session["when"] = datetime(2026, 1, 1)
+    with pytest.raises(SerializationError, match="'when'"):
+        store.save(session)
+
+
+def test_nested_in_place_change_is_saved(store: SessionStore) -> None:
+    session = store.load(None)
+    session["cart"] = [{"sku": "a", "qty": 1}]
+    store.save(session)
+    loaded = store.load(session.id)
+    assert not loaded.modified
+    loaded["cart"][0]["qty"] += 1
+    loaded["cart"].append({"sku": "b", "qty": 1})
+    assert loaded.modified
+    store.save(loaded)
+    assert store.load(session.id)["cart"] == [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}]
+
+
+def test_setting_the_same_value_is_not_a_change(store: SessionStore, count_queries) -> None:
+    session = store.load(None)
+    session["a"] = {"b": [1, 2]}
+    store.save(session)
+    loaded = store.load(session.id)
+    loaded["a"] = {"b": [1, 2]}
+    assert not loaded.modified
+    with count_queries(store) as q:
+        assert store.save(loaded) is Outcome.NOTHING
+    assert q.count == 0
+
+
+def test_query_counts_per_case(store: SessionStore, count_queries, clock) -> None:
+    with count_queries(store) as q:
+        new = store.load(None)
+        new["n"] = 1
+        store.save(new)
+    assert q.count == 1, q.statements  # new session: one INSERT
+
+    with count_queries(store) as q:
+        read = store.load(new.id)
+        assert read["n"] == 1
+        assert store.save(read) is Outcome.NOTHING
+    assert q.count == 1, q.statements  # read-only: one SELECT
+
+    with count_queries(store) as q:
+        write = store.load(new.id)
+        write["n"] += 1
+        assert store.save(write) is Outcome.WRITTEN
+    assert q.count == 2, q.statements  # write: SELECT + conditional UPDATE
+
+    clock.advance(61)
+    with count_queries(store) as q:
+        touched = store.load(new.id)
+        assert store.save(touched) is Outcome.TOUCHED
+    assert q.count == 2, q.statements  # past touch_interval: SELECT + "last seen" UPDATE
+
+    with count_queries(store) as q:
+        regen = store.load(new.id)
+        regen.regenerate()
+        assert store.save(regen) is Outcome.WRITTEN
+    assert q.count == 3, q.statements  # SELECT + INSERT new id + DELETE old id
+
+    with count_queries(store) as q:
+        logout = store.load(regen.id)
+        logout.invalidate()
+        assert store.save(logout) is Outcome.DELETED
+    assert q.count == 2, q.statements  # SELECT + DELETE
+    assert fetch_rows(store) == []
+
+
+def test_touch_moves_last_seen_only_after_the_interval(store: SessionStore, clock) -> None:
+    session = store.load(None)
+    session["a"] = 1
+    store.save(session)
+    first_seen = session.last_seen_at
+    clock.advance(59)
+    assert store.save(store.load(session.id)) is Outcome.NOTHING
+    clock.advance(2)
+    touched = store.load(session.id)
+    assert store.save(touched) is Outcome.TOUCHED
+    assert touched.last_seen_at > first_seen
+    assert store.load(session.id).last_seen_at == touched.last_seen_at
+
+
+def test_touch_of_a_vanished_row_is_a_silent_no_op(store: SessionStore, clock) -> None:
+    session = store.load(None)
+    session["a"] = 1
+    store.save(session)
+    loaded = store.load(session.id)
+    store.delete(store.load(session.id))
+    clock.advance(3600)
+    assert store.save(loaded) is Outcome.NOTHING
+    assert fetch_rows(store) == []
+
+
+def test_timestamps_are_aware_utc(store: SessionStore, clock) -> None:
+    session = store.load(None)
+    assert session.created_at is None and session.expires_at is None
+    session["a"] = 1
+    store.save(session)
+    loaded = store.load(session.id)
+    assert loaded.created_at == clock.now
+    assert loaded.created_at.tzinfo is not None and loaded.created_at.utcoffset().seconds == 0
+    assert loaded.expires_at == clock.now + store.idle_timeout
+
+
+def test_tampered_and_swapped_rows_read_empty(store: SessionStore, caplog) -> None:
+    a, b = store.load(None), store.load(None)
+    a["who"], b["who"] = "alice", "bob"
+    store.save(a)
+    store.save(b)
+    model = store.model
+    with store.connected():
+        payload_b = model.get(model.sid == b.handle).payload
+        model.update(payload=payload_b).where(model.sid == a.handle).execute()
+    with caplog.at_level("WARNING", logger="storedsession.security"):
+        assert len(store.load(a.id)) == 0  # b's ciphertext does not open in a's row
+    assert store.load(b.id)["who"] == "bob"
+    flipped = bytearray(payload_b)
+    flipped[-1] ^= 1
+    with store.connected():
+        model.update(payload=bytes(flipped)).where(model.sid == b.handle).execute()
+    assert len(store.load(b.id)) == 0
+    assert sum("decrypt" in r.getMessage() for r in caplog.records) >= 2
+
+
+def test_key_rotation_keeps_everyone_signed_in(make_store, keys) -> None:
+    old_store = make_store()
+    session = old_store.load(None)
+    session["user"] = 1
+    old_store.save(session)
+    new_key = generate_key()
+    rotated = make_store(keys=[new_key, *keys])
+    loaded = rotated.load(session.id)
+    assert loaded["user"] == 1
+    loaded["user"] = 2
+    rotated.save(loaded)
+    new_only = make_store(keys=[new_key])
+    assert new_only.load(session.id)["user"] == 2
+    assert len(old_store.load(session.id)) == 0  # the old key alone no longer reads it
+
+
+def test_store_delete_removes_the_row_at_once(store: SessionStore) -> None:
+    session = store.load(None)
+    session["a"] = 1
+    store.save(session)
+    public_id = session.id
+    store.delete(session)
+    assert session.new and len(session) == 0
+    assert store.load(public_id).new
+    assert fetch_rows(store) == []
+
+
+def test_invalidate_then_new_data_starts_a_fresh_session(store: SessionStore) -> None:
+    session = store.load(None)
+    session["user"] = 1
+    store.save(session)
+    old_id = session.id
+    loaded = store.load(old_id)
+    loaded.invalidate()
+    loaded["flash"] = "signed out"
+    assert store.save(loaded) is Outcome.WRITTEN
+    assert loaded.id != old_id
+    assert store.load(old_id).new
+    assert dict(store.load(loaded.id)) == {"flash": "signed out"}
+    assert len(fetch_rows(store)) == 1
+
+
+def test_unknown_id_is_never_adopted(store: SessionStore) -> None:
+    from storedsession import ids
+
+    unknown = ids.new_public_id()
+    session = store.load(unknown)
+    assert session.new and session.id is None
+    session["a"] = 1
+    store.save(session)
+    assert session.id != unknown
+    assert store.load(unknown).new
+
+
+def test_colliding_fresh_id_is_redrawn_never_written_over(store: SessionStore, monkeypatch):
+    from storedsession import ids
+
+    first = store.load(None)
+    first["owner"] = "first"
+    store.save(first)
+    draws = iter([first.id, first.id, ids.new_public_id()])
+    monkeypatch.setattr(ids, "new_public_id", lambda: next(draws))
+    second = store.load(None)
+    second["owner"] = "second"
+    store.save(second)
+    assert second.id != first.id
+    assert store.load(first.id)["owner"] == "first"
+    assert store.load(second.id)["owner"] == "second"
+
+
+def test_session_repr_shows_no_id_or_values(store: SessionStore) -> None:
+    session = store.load(None)
+    session["secret"] = "value-canary"
+    store.save(session)
+    text = repr(store.load(session.id))
+    assert session.id not in text and "value-canary" not in text and "secret" not in text
