@@ -62,6 +62,15 @@ def open_database(database: str | peewee.Database) -> tuple[peewee.Database, boo
             "db_url knows (sqlite, postgresql, mysql, or one of them with +pool) and a "
             "database name, as in 'postgresql://user@host/dbname' or 'sqlite:///file.db'."
         ) from None
+    if is_sqlite(db) and db.database in ("", ":memory:"):
+        raise ConfigurationError(
+            "An in-memory SQLite database lives only as long as one connection, and the "
+            "store connects per request: give a file path ('sqlite:///sessions.db'), or "
+            "pass a SqliteDatabase object that you keep open."
+        )
+    if is_mysql(db) and "passwd" in db.connect_params:
+        # db_url still spells it "passwd", which PyMySQL deprecates.
+        db.connect_params["password"] = db.connect_params.pop("passwd")
     return db, True
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import peewee
 
@@ -72,6 +72,22 @@ class _Conflict(Exception):
     """Internal: a versioned write matched no row."""
 
 
+class _NoKeys:
+    """The envelope of a store built by :meth:`SessionStore.without_keys`: it refuses."""
+
+    def _refuse(self, *args: object) -> NoReturn:
+        raise ConfigurationError(
+            "This store was built without keys, for the chores that never read a payload "
+            "(create_table, expire, count_expired); reading or writing sessions needs keys."
+        )
+
+    seal = open = needs_rotation = _refuse
+
+
+#: The ``keys=`` of a store built by :meth:`SessionStore.without_keys`.
+_WITHOUT_KEYS: Any = object()
+
+
 def _ms(value: float | None) -> int | None:
     return None if value is None else int(value * 1000)
 
@@ -112,7 +128,8 @@ class SessionStore:
         max_size: int = 1024 * 1024,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        parsed_keys = parse_keys(keys)
+        keyless = keys is _WITHOUT_KEYS
+        parsed_keys = () if keyless else parse_keys(keys)
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 64:
             raise ConfigurationError("max_size must be a whole number of bytes, at least 64.")
         try:
@@ -126,11 +143,25 @@ class SessionStore:
         check_table_name(table_name)
         self.database, self.owns_database = open_database(database)
         self.model = build_model(self.database, table_name)
-        self.envelope = Envelope(parsed_keys, table_name)
+        self.envelope: Envelope | _NoKeys = (
+            _NoKeys() if keyless else Envelope(parsed_keys, table_name)
+        )
         self._connection = Connector(self.database, table_name)
         self._sql = Statements.build(self.database, table_name)
         self._clock = clock
         self._packet_checked = not is_mysql(self.database)
+
+    @classmethod
+    def without_keys(
+        cls, database: str | peewee.Database, *, table_name: str = DEFAULT_TABLE
+    ) -> SessionStore:
+        """Return a store for the chores that never read a payload, built without keys.
+
+        It can create the table, expire and count sessions (what ``storedsession init``,
+        ``expire`` and ``stats`` do); loading or saving through it raises
+        :class:`ConfigurationError`.
+        """
+        return cls(database, keys=_WITHOUT_KEYS, table_name=table_name)
 
     # -- configuration -------------------------------------------------------------
     @property
@@ -228,7 +259,10 @@ class SessionStore:
         if signals.session_read.receivers:
             signals.session_read.send(self, sid=handle)
         session = Session()
-        if row is None or not self._fill(session, handle, row, self.now()):
+        if row is None:
+            security_log.info("Ignored an unknown session id.")
+            return session
+        if not self._fill(session, handle, row, self.now()):
             return session
         session._public_id = value
         return session
@@ -236,7 +270,7 @@ class SessionStore:
     def _fill(self, session: Session, handle: str, row: Sequence[Any], now: int) -> bool:
         payload, user_id, created, last_seen, expires, idle, version = row
         if not self._alive(created, last_seen, expires, idle, now):
-            security_log.info("Ignored an unknown or expired session id.")
+            security_log.info("Ignored an expired session.")
             return False
         try:
             plaintext = self.envelope.open(bytes(payload), handle)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from storedsession import SessionStore, generate_key, ids
-from storedsession import crypto
+from storedsession import SessionStore, crypto, generate_key, ids
 from storedsession.crypto import OVERHEAD, DecryptionFailed, Envelope
 from storedsession.keys import parse_keys
 

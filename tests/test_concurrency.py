@@ -1,0 +1,187 @@
+"""Concurrent requests on one session: versioned writes, merges, no resurrection."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from storedsession import SessionInterrupted, SessionStore, StoreUnavailable
+from storedsession import store as store_module
+
+from .support import fetch_rows
+
+
+def _stored(store: SessionStore, **data) -> str:
+    session = store.load(None)
+    session.update(data)
+    store.save(session)
+    return session.id
+
+
+def test_different_keys_both_kept(store: SessionStore) -> None:
+    sid = _stored(store, base=0)
+    first, second = store.load(sid), store.load(sid)
+    first["a"] = 1
+    second["b"] = 2
+    store.save(first)
+    store.save(second)
+    assert dict(store.load(sid)) == {"base": 0, "a": 1, "b": 2}
+
+
+def test_same_key_later_save_wins(store: SessionStore) -> None:
+    sid = _stored(store, n=0)
+    first, second = store.load(sid), store.load(sid)
+    first["n"] = 1
+    second["n"] = 2
+    store.save(first)
+    store.save(second)
+    assert store.load(sid)["n"] == 2
+
+
+def test_a_deletion_not_seen_wins_over_a_change(store: SessionStore) -> None:
+    sid = _stored(store, cart=[1], coupon="X")
+    deleter, stale = store.load(sid), store.load(sid)
+    del deleter["cart"]
+    del deleter["coupon"]
+    store.save(deleter)
+    stale["cart"].append(2)  # changes a key the other request deleted
+    stale["other"] = 1
+    store.save(stale)
+    assert dict(store.load(sid)) == {"other": 1}
+
+
+def test_stale_request_never_restores_a_deleted_key(store: SessionStore) -> None:
+    sid = _stored(store, flash="hello", n=1)
+    reader, stale = store.load(sid), store.load(sid)
+    reader.pop("flash")
+    store.save(reader)
+    stale["n"] = 2  # stale still holds "flash" unchanged
+    store.save(stale)
+    assert dict(store.load(sid)) == {"n": 2}
+
+
+def test_merge_keeps_the_other_user_id_unless_changed_here(store: SessionStore) -> None:
+    sid = _stored(store, a=0)
+    login, stale = store.load(sid), store.load(sid)
+    login.user_id = 42
+    store.save(login)
+    stale["a"] = 1
+    store.save(stale)
+    merged = store.load(sid)
+    assert merged.user_id == "42" and merged["a"] == 1
+
+
+def test_save_after_a_delete_is_interrupted_not_resurrected(store: SessionStore, caplog) -> None:
+    sid = _stored(store, a=1)
+    logout, slow = store.load(sid), store.load(sid)
+    store.delete(logout)
+    slow["a"] = 2
+    with caplog.at_level("WARNING", logger="storedsession.security"):
+        with pytest.raises(SessionInterrupted):
+            store.save(slow)
+    assert fetch_rows(store) == []
+    assert any("resurrect" in r.getMessage() for r in caplog.records)
+
+
+def test_regenerate_after_a_delete_is_interrupted(store: SessionStore) -> None:
+    sid = _stored(store, a=1)
+    logout, login = store.load(sid), store.load(sid)
+    store.delete(logout)
+    login.regenerate()
+    with pytest.raises(SessionInterrupted):
+        store.save(login)
+    assert fetch_rows(store) == []
+
+
+def test_regenerate_merges_a_concurrent_change(store: SessionStore) -> None:
+    sid = _stored(store, cart=[1])
+    other, login = store.load(sid), store.load(sid)
+    other["cart"].append(2)
+    store.save(other)
+    login.regenerate()
+    login.user_id = 7
+    store.save(login)
+    assert login.id != sid
+    assert store.load(sid).new
+    fresh = store.load(login.id)
+    assert fresh["cart"] == [1, 2] and fresh.user_id == "7"
+    assert len(fetch_rows(store)) == 1
+
+
+def test_persistent_conflict_raises_instead_of_dropping(store, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "MAX_CONFLICT_RETRIES", 1)
+    sid = _stored(store, n=0)
+    winner, loser = store.load(sid), store.load(sid)
+    winner["n"] = 1
+    store.save(winner)
+    loser["m"] = 1
+    with pytest.raises(StoreUnavailable):
+        store.save(loser)
+    assert dict(store.load(sid)) == {"n": 1}
+
+
+def test_eight_threads_on_one_session(make_store) -> None:
+    store = make_store()
+    sid = _stored(store, start=True)
+    rounds = 5
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def worker(number: int) -> None:
+        try:
+            barrier.wait()
+            for step in range(rounds):
+                session = store.load(sid)
+                session[f"t{number}"] = step
+                store.save(session)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    final = store.load(sid)
+    assert dict(final) == {"start": True, **{f"t{n}": rounds - 1 for n in range(8)}}
+    assert len(fetch_rows(store)) == 1
+
+
+def test_eight_threads_racing_a_delete(make_store) -> None:
+    store = make_store()
+    sid = _stored(store, start=True)
+    outcomes: list[str] = []
+    unexpected: list[BaseException] = []
+    barrier = threading.Barrier(9)
+
+    def writer(number: int) -> None:
+        barrier.wait()
+        for step in range(5):
+            session = store.load(sid)
+            if session.new:
+                outcomes.append("gone")
+                return
+            session[f"t{number}"] = step
+            try:
+                store.save(session)
+            except SessionInterrupted:
+                outcomes.append("interrupted")
+                return
+            except BaseException as exc:
+                unexpected.append(exc)
+                return
+
+    def deleter() -> None:
+        barrier.wait()
+        store.delete(store.load(sid))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    threads.append(threading.Thread(target=deleter))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert unexpected == []
+    assert fetch_rows(store) == []  # never re-created, never duplicated
