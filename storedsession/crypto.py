@@ -121,14 +121,12 @@ class Envelope:
 
     def _aead_for(self, key: Key, salt: bytes) -> AESGCM:
         cache_key = (key, salt)
-        with self._lock:
-            aead = self._cache.get(cache_key)
-            if aead is not None:
-                self._cache.move_to_end(cache_key)
-                return aead
+        aead = self._cache.get(cache_key)  # a single dict read needs no lock
+        if aead is not None:
+            return aead
         aead = _derive(key, salt)
         with self._lock:
             self._cache[cache_key] = aead
             if len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
+                self._cache.popitem(last=False)  # the oldest salt first
         return aead

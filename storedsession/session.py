@@ -29,6 +29,9 @@ def seconds(value: float | timedelta | None, name: str) -> float | None:
     return value
 
 
+_CONTAINERS = (dict, list)
+
+
 class Session(MutableMapping[str, Any]):
     """One user's session data, as loaded by :meth:`SessionStore.load`.
 
@@ -40,7 +43,7 @@ class Session(MutableMapping[str, Any]):
     __slots__ = (
         "_data", "_loaded", "_public_id", "_handle", "_version", "_created", "_last_seen",
         "_expires", "_user_id", "_loaded_user_id", "_idle", "_loaded_idle", "_regenerate",
-        "_doomed", "_invalidated",
+        "_doomed", "_invalidated", "_dirty", "_exposed",
     )
 
     def __init__(self) -> None:
@@ -62,16 +65,26 @@ class Session(MutableMapping[str, Any]):
         self._idle: int | None = None
         self._loaded_idle: int | None = None
         self._regenerate = False
+        # Without a set or delete (_dirty), and without a container value handed out that
+        # could have been changed in place (_exposed), the data cannot differ from what
+        # was loaded, and no serialization is needed to know it.
+        self._dirty = False
+        self._exposed = False
 
     # -- the mapping --------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        value = self._data[key]
+        if type(value) in _CONTAINERS:
+            self._exposed = True
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
+        self._dirty = True
         self._data[key] = value
 
     def __delitem__(self, key: str) -> None:
         del self._data[key]
+        self._dirty = True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -83,7 +96,10 @@ class Session(MutableMapping[str, Any]):
         return key in self._data
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
+        value = self._data.get(key, default)
+        if type(value) in _CONTAINERS:
+            self._exposed = True
+        return value
 
     def __repr__(self) -> str:
         # Neither the id nor the values: a repr ends up in logs and tracebacks.
@@ -113,6 +129,8 @@ class Session(MutableMapping[str, Any]):
             return True
         if self._loaded is None:
             return bool(self._data)
+        if not (self._dirty or self._exposed):
+            return False
         try:
             return serialization.dumps(self._data) != self._loaded
         except Exception:

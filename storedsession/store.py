@@ -183,19 +183,15 @@ class SessionStore:
             moment = moment.replace(tzinfo=UTC)
         return int(moment.timestamp() * 1000)
 
-    def _idle_for(self, session_idle: int | None) -> int | None:
-        if session_idle:  # 0 and None both mean the store's idle timeout on the server
-            return session_idle * 1000
-        return self._idle
-
     def _expiry(self, created: int, last_seen: int, session_idle: int | None) -> int | None:
-        limits = []
-        idle = self._idle_for(session_idle)
-        if idle is not None:
-            limits.append(last_seen + idle)
-        if self._absolute is not None:
-            limits.append(created + self._absolute)
-        return min(limits) if limits else None
+        # A session's own idle timeout of 0 or None means the store's, on the server.
+        idle = session_idle * 1000 if session_idle else self._idle
+        absolute = self._absolute
+        if idle is None:
+            return None if absolute is None else created + absolute
+        if absolute is None:
+            return last_seen + idle
+        return min(last_seen + idle, created + absolute)
 
     def _alive(self, created: int, last_seen: int, expires: int | None, idle: int | None,
                now: int) -> bool:
@@ -282,6 +278,7 @@ class SessionStore:
             security_log.warning("A stored session decrypted to something that is not JSON.")
             return False
         session._data = data
+        session._dirty = session._exposed = False
         session._loaded = plaintext
         session._handle = handle
         session._version = version
@@ -322,12 +319,17 @@ class SessionStore:
                         self._insert(session, plaintext)
                     session._doomed = None
             return Outcome.WRITTEN
-        if session._regenerate:
-            self._write(session, self._regenerate_once)
-            return Outcome.WRITTEN
-        if session.modified:
-            self._write(session, self._update_once)
-            return Outcome.WRITTEN
+        metadata_changed = (session._user_id != session._loaded_user_id
+                            or session._idle != session._loaded_idle)
+        if session._regenerate or metadata_changed or session._dirty or session._exposed:
+            # Serialize once: the same bytes tell whether anything changed and get written.
+            plaintext = self._plaintext(session)
+            if session._regenerate:
+                self._write(session, plaintext, self._regenerate_once)
+                return Outcome.WRITTEN
+            if metadata_changed or plaintext != session._loaded:
+                self._write(session, plaintext, self._update_once)
+                return Outcome.WRITTEN
         return self._touch(session)
 
     def _transaction(self) -> Any:
@@ -364,8 +366,8 @@ class SessionStore:
         if signals.session_write.receivers:
             signals.session_write.send(self, sid=handle)
 
-    def _write(self, session: Session, attempt: Callable[[Session, bytes], None]) -> None:
-        plaintext = self._plaintext(session)
+    def _write(self, session: Session, plaintext: bytes,
+               attempt: Callable[[Session, bytes], None]) -> None:
         with self._connection():
             self._check_packet()
             for tries in range(MAX_CONFLICT_RETRIES):

@@ -302,3 +302,44 @@ def test_session_repr_shows_no_id_or_values(store: SessionStore) -> None:
     store.save(session)
     text = repr(store.load(session.id))
     assert session.id not in text and "value-canary" not in text and "secret" not in text
+
+
+@pytest.mark.parametrize("how", ["get", "values", "items", "setdefault", "dict", "pop_default"])
+def test_in_place_changes_through_any_accessor_are_saved(store: SessionStore, how) -> None:
+    session = store.load(None)
+    session["cart"] = ["a"]
+    session["n"] = 1
+    store.save(session)
+    loaded = store.load(session.id)
+    if how == "get":
+        loaded.get("cart").append("b")
+    elif how == "values":
+        next(v for v in loaded.values() if isinstance(v, list)).append("b")
+    elif how == "items":
+        dict(loaded.items())["cart"].append("b")
+    elif how == "setdefault":
+        loaded.setdefault("cart", []).append("b")
+    elif how == "dict":
+        dict(loaded)["cart"].append("b")
+    else:
+        loaded.pop("missing", loaded["cart"]).append("b")
+    assert loaded.modified
+    assert store.save(loaded) is Outcome.WRITTEN
+    assert store.load(session.id)["cart"] == ["a", "b"]
+
+
+def test_reading_scalars_needs_no_serialization(store: SessionStore, monkeypatch) -> None:
+    from storedsession import serialization
+
+    session = store.load(None)
+    session["n"] = 1
+    session["cart"] = ["a"]
+    store.save(session)
+    loaded = store.load(session.id)
+    assert loaded["n"] == 1 and "cart" in loaded and len(loaded) == 2
+    calls = []
+    real = serialization.dumps
+    monkeypatch.setattr(serialization, "dumps", lambda data: calls.append(1) or real(data))
+    assert not loaded.modified
+    assert store.save(loaded) is Outcome.NOTHING
+    assert calls == []
