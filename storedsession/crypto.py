@@ -71,11 +71,12 @@ class Envelope:
     def __init__(self, keys: Sequence[Key], table_name: str) -> None:
         self.keys = tuple(keys)
         self.table_name = table_name
+        self._aad_table = associated_data(b"", table_name, "")  # b"\0<table>\0"
         self._by_id: dict[bytes, list[Key]] = {}
         for key in self.keys:
             self._by_id.setdefault(key.key_id, []).append(key)
         self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple[Key, bytes], AESGCM] = OrderedDict()
+        self._cache: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._renew()
         _LIVE.add(self)
 
@@ -94,7 +95,7 @@ class Envelope:
         header, aead = self._header, self._aead
         nonce = os.urandom(_NONCE)
         return header + nonce + aead.encrypt(
-            nonce, plaintext, associated_data(header, self.table_name, sid)
+            nonce, plaintext, header + self._aad_table + sid.encode("ascii")
         )
 
     def open(self, envelope: bytes, sid: str) -> bytes:
@@ -102,31 +103,34 @@ class Envelope:
         if len(envelope) < OVERHEAD or envelope[0] != FORMAT_VERSION:
             raise DecryptionFailed("not a storedsession envelope of a known format")
         header = envelope[:_HEADER]
+        nonce = envelope[_HEADER : _HEADER + _NONCE]
+        body = envelope[_HEADER + _NONCE :]
+        aad = header + self._aad_table + sid.encode("ascii")
+        aead = self._cache.get(header)  # a single dict read needs no lock
+        if aead is not None:
+            try:
+                return aead.decrypt(nonce, body, aad)
+            except InvalidTag:
+                pass  # tampered, or (once in 2**32) another key with the same id
         candidates = self._by_id.get(header[1:5])
         if not candidates:
             raise DecryptionFailed("encrypted with a key that is not configured")
-        nonce = envelope[_HEADER : _HEADER + _NONCE]
-        aad = associated_data(header, self.table_name, sid)
         for key in candidates:
+            aead = _derive(key, header[5:])
             try:
-                aead = self._aead_for(key, header[5:])
-                return aead.decrypt(nonce, envelope[_HEADER + _NONCE :], aad)
+                plaintext = aead.decrypt(nonce, body, aad)
             except InvalidTag:
                 continue
+            self._remember(header, aead)
+            return plaintext
         raise DecryptionFailed("authentication failed (altered, moved or foreign ciphertext)")
 
     def needs_rotation(self, envelope: bytes) -> bool:
         """Tell whether an envelope was sealed with a key other than the newest."""
         return envelope[1:5] != self.keys[0].key_id
 
-    def _aead_for(self, key: Key, salt: bytes) -> AESGCM:
-        cache_key = (key, salt)
-        aead = self._cache.get(cache_key)  # a single dict read needs no lock
-        if aead is not None:
-            return aead
-        aead = _derive(key, salt)
+    def _remember(self, header: bytes, aead: AESGCM) -> None:
         with self._lock:
-            self._cache[cache_key] = aead
+            self._cache[header] = aead
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)  # the oldest salt first
-        return aead

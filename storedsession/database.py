@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import peewee
@@ -105,41 +104,34 @@ def _discard(database: peewee.Database) -> None:
 
 
 class Connector:
-    """Open a connection only when none is open, and close only what it opened."""
+    """Open a connection only when none is open, and close only what it opened.
+
+    ``with connector():`` wraps one operation; database errors inside it leave as
+    :class:`StoreUnavailable` (or :class:`TableMissing`), and a connection it opened is
+    discarded rather than handed back to a pool after an error.
+    """
 
     def __init__(self, database: peewee.Database, table_name: str) -> None:
         self.database = database
         self.table_name = table_name
 
-    @contextmanager
-    def __call__(self) -> Iterator[peewee.Database]:
-        database = self.database
-        opened = False
-        try:
-            if database.is_closed():
-                database.connect()
-                opened = True
-            yield database
-        except (peewee.PeeweeException, OSError) as exc:
-            missing = isinstance(exc, peewee.ProgrammingError | peewee.OperationalError) and (
-                self._table_missing()
-            )
-            if opened:
-                _discard(database)
-                opened = False
-            if missing:
-                raise TableMissing(self.table_name) from exc
-            security_log.error("Session database error: %s", _describe(exc))
-            raise StoreUnavailable(
-                f"The session database failed or cannot be reached ({_describe(exc)}). "
-                "Nothing was saved; try again when it is back."
-            ) from exc
-        finally:
-            if opened:
-                try:
-                    database.close()
-                except Exception:
-                    _discard(database)
+    def __call__(self) -> _Use:
+        return _Use(self)
+
+    def fail(self, exc: BaseException, opened: bool) -> NoReturn:
+        """Raise the store's error for a database error (closing what we opened)."""
+        missing = isinstance(exc, peewee.ProgrammingError | peewee.OperationalError) and (
+            self._table_missing()
+        )
+        if opened:
+            _discard(self.database)
+        if missing:
+            raise TableMissing(self.table_name) from exc
+        security_log.error("Session database error: %s", _describe(exc))
+        raise StoreUnavailable(
+            f"The session database failed or cannot be reached ({_describe(exc)}). "
+            "Nothing was saved; try again when it is back."
+        ) from exc
 
     def _table_missing(self) -> bool:
         try:
@@ -148,3 +140,37 @@ class Connector:
             return not self.database.table_exists(self.table_name)
         except Exception:
             return False
+
+
+_DATABASE_ERRORS = (peewee.PeeweeException, OSError)
+
+
+class _Use:
+    """One use of the connection (a class, not a generator: this is on every request)."""
+
+    __slots__ = ("connector", "opened")
+
+    def __init__(self, connector: Connector) -> None:
+        self.connector = connector
+        self.opened = False
+
+    def __enter__(self) -> peewee.Database:
+        database = self.connector.database
+        if database.is_closed():
+            try:
+                database.connect()
+            except _DATABASE_ERRORS as exc:
+                self.connector.fail(exc, opened=False)
+            self.opened = True
+        return database
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: object) -> None:
+        opened, self.opened = self.opened, False
+        if exc is not None and isinstance(exc, _DATABASE_ERRORS):
+            self.connector.fail(exc, opened)
+        if opened:
+            try:
+                self.connector.database.close()
+            except Exception:
+                _discard(self.connector.database)

@@ -71,6 +71,21 @@ class Session(MutableMapping[str, Any]):
         self._dirty = False
         self._exposed = False
 
+    @classmethod
+    def _from_row(cls, data: dict[str, Any], plaintext: bytes, public_id: str, handle: str,
+                  version: int, created: int, last_seen: int, expires: int | None,
+                  user_id: str | None, idle: int | None) -> Session:
+        """Build a stored session in one go (the store calls this on every load)."""
+        self = cls.__new__(cls)
+        self._data, self._loaded = data, plaintext
+        self._public_id, self._handle, self._version = public_id, handle, version
+        self._created, self._last_seen, self._expires = created, last_seen, expires
+        self._user_id = self._loaded_user_id = user_id
+        self._idle = self._loaded_idle = idle
+        self._doomed = None
+        self._invalidated = self._regenerate = self._dirty = self._exposed = False
+        return self
+
     # -- the mapping --------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
         value = self._data[key]

@@ -254,38 +254,24 @@ class SessionStore:
             row = self.database.execute_sql(self._sql.select, (handle,)).fetchone()
         if signals.session_read.receivers:
             signals.session_read.send(self, sid=handle)
-        session = Session()
         if row is None:
             security_log.info("Ignored an unknown session id.")
-            return session
-        if not self._fill(session, handle, row, self.now()):
-            return session
-        session._public_id = value
-        return session
-
-    def _fill(self, session: Session, handle: str, row: Sequence[Any], now: int) -> bool:
+            return Session()
         payload, user_id, created, last_seen, expires, idle, version = row
-        if not self._alive(created, last_seen, expires, idle, now):
+        if not self._alive(created, last_seen, expires, idle, self.now()):
             security_log.info("Ignored an expired session.")
-            return False
+            return Session()
         try:
             plaintext = self.envelope.open(bytes(payload), handle)
             data = serialization.loads(plaintext)
         except DecryptionFailed as exc:
             security_log.warning("A stored session could not be decrypted: %s.", exc)
-            return False
+            return Session()
         except ValueError:
             security_log.warning("A stored session decrypted to something that is not JSON.")
-            return False
-        session._data = data
-        session._dirty = session._exposed = False
-        session._loaded = plaintext
-        session._handle = handle
-        session._version = version
-        session._created, session._last_seen, session._expires = created, last_seen, expires
-        session._user_id = session._loaded_user_id = user_id
-        session._idle = session._loaded_idle = idle
-        return True
+            return Session()
+        return Session._from_row(data, plaintext, value, handle, version, created, last_seen,
+                                 expires, user_id, idle)
 
     # -- save ----------------------------------------------------------------------
     def _plaintext(self, session: Session) -> bytes:
