@@ -47,5 +47,9 @@ def build_model(database: peewee.Database, table_name: str = DEFAULT_TABLE) -> A
         class Meta:
             database = bound_database
             table_name = bound_table
+            # Index names start with the table name, not the class name: PostgreSQL and
+            # SQLite name indexes per schema, so two session tables would otherwise share
+            # "storedsession_expires_at" and the second would silently get no index.
+            legacy_table_names = False
 
     return StoredSession

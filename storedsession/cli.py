@@ -1,0 +1,353 @@
+"""The command line: ``storedsession`` (a click group) and ``storedsession-expire``.
+
+Every failure is one line on stderr (``Error: ...``), never a traceback and never the
+password of a database URL, and ends with an exit code that says what went wrong:
+
+==== ==========================================================================
+code meaning
+==== ==========================================================================
+0    done
+1    any other failure: interrupted (Ctrl-C), a migration file there already or unwritable
+2    usage: a bad option, no database given, an unusable database URL or table name,
+     a server setting that cannot work (MySQL ``max_allowed_packet``)
+3    the database failed or cannot be reached
+4    the session table does not exist (run ``storedsession init``)
+5    no usable key: none given, malformed, listed twice, or an unreadable keys file
+==== ==========================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .database import _describe, redact
+from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
+from .keys import KEYS_ENV, generate_key, parse_keys
+from .maintenance import Rotation, migration_source, rotate_keys, stats
+from .models import DEFAULT_TABLE
+from .store import SessionStore
+
+#: The environment variable ``--database`` falls back to.
+DATABASE_ENV = "STOREDSESSION_DATABASE_URL"
+#: Seconds between two batches of a sweep or a rotation, leaving room for live traffic.
+PAUSE = 0.05
+
+# Failures are reported once, as one line on stderr: without a handler, logging's
+# last-resort one would print the library's own record of the same failure above it.
+logging.getLogger("storedsession").addHandler(logging.NullHandler())
+
+
+class BadUsage(click.ClickException):
+    """The command line or the settings cannot work."""
+
+    exit_code = 2
+
+
+class DatabaseDown(click.ClickException):
+    """The database failed or cannot be reached."""
+
+    exit_code = 3
+
+
+class NoTable(click.ClickException):
+    """The session table does not exist."""
+
+    exit_code = 4
+
+
+class KeyProblem(click.ClickException):
+    """No usable encryption key."""
+
+    exit_code = 5
+
+
+@dataclass
+class Target:
+    """Where the sessions are, as ``--database`` and ``--table`` say."""
+
+    database: str | None = None
+    table: str = DEFAULT_TABLE
+
+    def store(self, keys: Sequence[str] | None = None) -> SessionStore:
+        """Build the store (without keys unless given); it closes when the command ends."""
+        if not self.database:
+            raise BadUsage(f"No database given: pass --database URL or set {DATABASE_ENV}.")
+        if keys is None:
+            store = SessionStore.without_keys(self.database, table_name=self.table)
+        else:
+            store = SessionStore(self.database, keys=list(keys), table_name=self.table)
+        click.get_current_context().call_on_close(store.close)
+        return store
+
+    def where(self) -> str:
+        """Name the database for a message, without its password."""
+        return redact(self.database) if self.database else "the session database"
+
+
+pass_target = click.make_pass_decorator(Target, ensure=True)
+
+
+class _Command(click.Command):
+    """A command whose storedsession errors become one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TableMissing as exc:
+            target = ctx.ensure_object(Target)
+            raise NoTable(
+                f"The session table {exc.table_name!r} does not exist in {target.where()}. "
+                "Create it with `storedsession init` (or a migration from "
+                "`storedsession install-migration`)."
+            ) from None
+        except StoreUnavailable as exc:
+            target = ctx.ensure_object(Target)
+            raise DatabaseDown(
+                f"The session database {target.where()} failed or cannot be reached: "
+                f"{_describe(exc.__cause__ or exc)}"
+            ) from None
+        except ConfigurationError as exc:
+            raise BadUsage(str(exc)) from None
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+def _set_target(field: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            setattr(ctx.ensure_object(Target), field, value)
+
+    return callback
+
+
+def database_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--database`` and ``--table``, which fill in the command's :class:`Target`."""
+    command = click.option(
+        "--table", metavar="NAME", default=DEFAULT_TABLE, show_default=True,
+        expose_value=False, callback=_set_target("table"), help="The session table.",
+    )(command)
+    return click.option(
+        "--database", metavar="URL", envvar=DATABASE_ENV, show_envvar=True,
+        expose_value=False, callback=_set_target("database"),
+        help="Database URL, e.g. postgresql://user@host/dbname or sqlite:///sessions.db.",
+    )(command)
+
+
+@contextmanager
+def _progress(label: str, length: Callable[[], int]) -> Iterator[Callable[[int], None] | None]:
+    """Yield what to tell of progress: a bar on a terminal, nothing elsewhere (cron)."""
+    if not sys.stdout.isatty():
+        yield None
+        return
+    with click.progressbar(length=length(), label=label) as bar:
+        yield bar.update
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="storedsession")
+def cli() -> None:
+    """Set up, sweep and re-key a storedsession table."""
+
+
+@cli.command()
+@database_options
+@pass_target
+def init(target: Target) -> None:
+    """Create the session table and its indexes (idempotent). Needs no keys."""
+    store = target.store()
+    with store.connected():
+        existed = store.database.table_exists(store.table_name)
+        store.create_table()
+    if existed:
+        click.echo(f"The session table {store.table_name!r} exists already.")
+    else:
+        click.echo(f"Created the session table {store.table_name!r}.")
+
+
+@click.command(cls=_Command)
+@database_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Sessions deleted per statement.")
+@click.option("--dry-run", is_flag=True, help="Count the expired sessions; delete none.")
+@pass_target
+def expire(target: Target, batch_size: int, dry_run: bool) -> None:
+    """Delete expired sessions in batches and say how many. Needs no keys.
+
+    Safe beside live traffic: sessions are chosen by their stored expiry against the
+    moment the sweep began, so a session used meanwhile stays.
+    """
+    store = target.store()
+    if dry_run:
+        click.echo(f"Would expire {store.count_expired()} sessions.")
+        return
+    with _progress("Expiring sessions", store.count_expired) as progress:
+        count = store.expire(batch_size, pause=PAUSE, progress=progress)
+    click.echo(f"Expired {count} sessions." if count else "No sessions to expire.")
+
+
+cli.add_command(expire)
+
+
+@cli.command("generate-key")
+def generate_key_command() -> None:
+    """Print a fresh key: 32 random bytes as URL-safe base64."""
+    click.echo(generate_key())
+
+
+def _read_keys(keys_file: Path | None) -> list[str]:
+    if keys_file is None:
+        source = KEYS_ENV
+        texts = [part.strip() for part in os.environ.get(KEYS_ENV, "").split(",")]
+    else:
+        source = f"the keys file {keys_file}"
+        try:
+            lines = keys_file.read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise KeyProblem(f"Cannot read the keys file {keys_file}: {reason}.") from None
+        texts = [line.strip() for line in lines if not line.lstrip().startswith("#")]
+    texts = [text for text in texts if text]
+    if not texts:
+        raise KeyProblem(
+            f"No session encryption key in {source}: set {KEYS_ENV} (keys separated by "
+            "commas, newest first) or pass --keys-file (one key a line, newest first). "
+            "Make a key with `storedsession generate-key`."
+        )
+    try:
+        parse_keys(texts)
+    except ConfigurationError as exc:
+        raise KeyProblem(f"In {source}: {exc}") from None
+    return texts
+
+
+def _summary(report: Rotation) -> str:
+    line = (f"Re-encrypted {report.rotated} sessions under the first key; "
+            f"{report.current} were under it already; {report.unreadable} could not be "
+            "read with any key and were left untouched.")
+    if report.changed:
+        line += (f" {report.changed} kept changing under live traffic: run it again to "
+                 "finish them.")
+    return line
+
+
+@cli.command("rotate-keys")
+@database_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Sessions read per query.")
+@click.option("--keys-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"A file of keys, one a line, newest first (instead of {KEYS_ENV}).")
+@pass_target
+def rotate_keys_command(target: Target, batch_size: int, keys_file: Path | None) -> None:
+    """Re-encrypt every stored session under the first key.
+
+    Keys come from --keys-file or STOREDSESSION_KEYS, never from the command line.
+    Sessions no key can read are counted and left untouched; a session saved by live
+    traffic meanwhile keeps that save. Interrupted, it goes on where it stopped when run
+    again. Afterwards, the keys after the first can be removed.
+    """
+    store = target.store(_read_keys(keys_file))
+    model = store.model
+
+    def count() -> int:
+        with store.connected():
+            return int(model.select().count())
+
+    with _progress("Re-encrypting sessions", count) as progress:
+        report = rotate_keys(store, batch_size, progress=progress)
+    click.echo(_summary(report))
+
+
+def _size(size: int | None, size_of: str) -> str:
+    if size is None:
+        return "unknown"
+    value, unit = float(size), "bytes"
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    shown = f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+    return f"{shown} ({size_of})"
+
+
+@cli.command("stats")
+@database_options
+@pass_target
+def stats_command(target: Target) -> None:
+    """Show session counts, ages and the table size. Needs no keys.
+
+    Live, expired and total sessions, live ones with a user id, the creation times of
+    the oldest and newest live sessions (live and expired as the stored expiry times
+    say), and the size of the table where the database can tell.
+    """
+    store = target.store()
+    figures = stats(store)
+
+    def when(moment: Any) -> str:
+        return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    rows = [
+        ("Table", f"{store.table_name} in {target.where()}"),
+        ("Live", figures.live),
+        ("Expired", figures.expired),
+        ("Total", figures.total),
+        ("Live with a user id", figures.with_user),
+        ("Oldest live, created", when(figures.oldest)),
+        ("Newest live, created", when(figures.newest)),
+        ("Size", _size(figures.size, figures.size_of)),
+    ]
+    for label, value in rows:
+        click.echo(f"{label + ':':<22}{value}")
+
+
+@cli.command("install-migration")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("migrations"), show_default=True, help="The migrations directory.")
+@click.option("--table", metavar="NAME", default=DEFAULT_TABLE, show_default=True,
+              help="The session table.")
+def install_migration(directory: Path, table: str) -> None:
+    """Write a migration that creates the session table.
+
+    A file for peewee's migration runner (playhouse.migrations), for projects that
+    keep their schema with migrations instead of `storedsession init`. Apply it with
+    `pwmigrate DATABASE up` or `playhouse.migrations.run(db)`.
+    """
+    # Only this command needs the runner's module.
+    from playhouse.migrations import Migration
+
+    source = migration_source(table, __version__)
+    found = Migration.load_directory(str(directory))
+    existing = [m.path for m in found if m.name.endswith(f"_create_{table}")]
+    if existing:
+        raise click.ClickException(
+            f"A migration that creates {table!r} is there already: {existing[0]}.")
+    number = max((m.idx for m in found), default=0) + 1
+    path = directory / f"{number:04d}_create_{table}.py"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with path.open("x", encoding="utf-8") as file:
+            file.write(source)
+    except OSError as exc:
+        raise click.ClickException(f"Cannot write {path}: {exc.strerror}.") from None
+    click.echo(f"Wrote {path}.")
+
+
+def main() -> None:
+    """Run ``storedsession``."""
+    cli()
+
+
+def expire_main() -> None:
+    """Run ``storedsession-expire``."""
+    expire()
