@@ -2,15 +2,18 @@
 
 An adapter builds a :class:`SessionMiddlewareCore` from its options, makes one
 :class:`RequestSession` per request from the raw ``Cookie`` header and the request's
-scheme, hands ``request_session.session`` (a lazy proxy) to the application, and at the
-end asks :meth:`RequestSession.finish` which headers to add. Every decision (load or
-not, save or not, which cookie, ``Vary``, 5xx, interrupted sessions) is taken here.
+scheme, hands ``request_session.lazy`` (a proxy that loads on first use; under ASGI,
+after ``await request_session.preload()``) to the application, and at the end asks
+:meth:`RequestSession.finish` (or ``finish_async``) which headers to add, answering 503
+when it raises ``StoreUnavailable``. Every decision (load or not, save or not, which
+cookie, ``Vary``, 5xx, interrupted sessions) is taken here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
@@ -21,7 +24,7 @@ from typing import Any
 import peewee
 
 from . import ids
-from .exceptions import ConfigurationError, SessionInterrupted
+from .exceptions import ConfigurationError, SessionInterrupted, StoreUnavailable
 from .session import Session
 from .store import Outcome, SessionStore
 
@@ -30,6 +33,7 @@ security_log = logging.getLogger("storedsession.security")
 #: Where an adapter puts the session for code that does not take the keyword.
 ENVIRON_KEY = "storedsession.session"
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+_COOKIE_SEPARATORS = re.compile("[;,]")
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,15 @@ class CookieOptions:
         return "; ".join(parts)
 
 
-
 def cookie_values(header: str | None, name: str) -> Iterator[str]:
-    """Yield every value of cookie ``name`` in a raw ``Cookie`` header, in order."""
+    """Yield every value of cookie ``name`` in a raw ``Cookie`` header, in order.
+
+    Pairs are split on ``;`` and also on ``,``, with which WSGI servers such as waitress
+    and gunicorn join repeated ``Cookie`` fields; a well-formed value holds neither.
+    """
     if not header:
         return
-    for part in header.split(";"):
+    for part in _COOKIE_SEPARATORS.split(header):
         key, sep, value = part.strip().partition("=")
         if sep and key.strip() == name:
             yield value.strip()
@@ -170,7 +177,8 @@ class RequestSession:
     peewee keeps connections per thread.
     """
 
-    __slots__ = ("core", "cookie", "https", "lazy", "_session", "_exit", "_hold", "failed")
+    __slots__ = ("core", "cookie", "https", "lazy", "_session", "_exit", "_hold", "failed",
+                 "_preload_error")
 
     def __init__(self, core: SessionMiddlewareCore, cookie_header: str | None, https: bool,
                  *, hold_connection: bool = True) -> None:
@@ -181,8 +189,10 @@ class RequestSession:
         self._session: Session | None = None
         self._exit: ExitStack | None = None
         self._hold = hold_connection
-        #: Set when loading failed with StoreUnavailable (the adapter answers 503).
+        #: Set when the application met a StoreUnavailable while loading the session;
+        #: :meth:`finish` then raises it again, for the adapter to answer 503.
         self.failed = False
+        self._preload_error: StoreUnavailable | None = None
 
     @property
     def accessed(self) -> bool:
@@ -197,36 +207,45 @@ class RequestSession:
     def session_object(self) -> Session:
         """Return the real session, loading it on first use."""
         if self._session is None:
-            if self.cookie is not None and ids.is_public_id(self.cookie):
-                self._connect()
             try:
+                if self._preload_error is not None:
+                    raise self._preload_error  # never retried: that would block an event loop
+                if ids.is_public_id(self.cookie):
+                    self._connect()
                 self._session = self.core.store.load(self.cookie)
-            except Exception:
+            except StoreUnavailable:
                 self.failed = True
                 raise
         return self._session
 
     async def preload(self) -> None:
-        """Load the session in a worker thread when the request carries a cookie (ASGI)."""
-        if self._session is None and self.cookie is not None:
+        """Load the session in a worker thread if the request carries a well-formed cookie.
+
+        For ASGI, where :meth:`session_object` must not query on the event loop. A
+        database failure is kept and raised when the application uses the session, so
+        a request that never does is not failed by it.
+        """
+        if self._session is None and ids.is_public_id(self.cookie):
             try:
                 self._session = await self.core.store.aload(self.cookie)
-            except Exception:
-                self.failed = True
-                raise
+            except StoreUnavailable as exc:
+                self._preload_error = exc
 
     def finish(self, status: int) -> list[tuple[str, str]]:
         """Save the session if the response allows it; return the headers to add.
 
         Returns nothing for a request that never used the session. Raises
-        ``StoreUnavailable`` when the save failed: answer 503 without these headers.
+        ``StoreUnavailable`` when loading or saving failed: answer 503 without these
+        headers.
         """
         try:
+            if self.failed:
+                raise StoreUnavailable("The session could not be loaded; nothing was saved.")
             session = self._session
             if session is None:
                 return []
             headers = [("Vary", "Cookie")]
-            if status >= 500 or self.failed:
+            if status >= 500:
                 return headers
             try:
                 outcome = self.core.store.save(session)
@@ -246,9 +265,9 @@ class RequestSession:
             self.close()
 
     async def finish_async(self, status: int) -> list[tuple[str, str]]:
-        """:meth:`finish` with the database work in a worker thread."""
+        """Run :meth:`finish`, with its database work in a worker thread."""
         if self._session is None:
-            return []
+            return self.finish(status)  # no database work: nothing was loaded
         return await asyncio.to_thread(self.finish, status)
 
     def close(self) -> None:

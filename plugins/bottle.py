@@ -1,0 +1,112 @@
+"""The Bottle plugin: ``app.install(StoredSessionPlugin(database))``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import bottle
+import peewee
+
+from storedsession.exceptions import StoreUnavailable
+from storedsession.store import SessionStore
+from storedsession.web import ENVIRON_KEY, RequestSession, SessionMiddlewareCore, add_vary
+
+
+def _takes(callback: Callable[..., Any], keyword: str) -> bool:
+    # Not route.get_callback_args(): in bottle 0.13.4 it never returns for a closure
+    # over a non-callable value. inspect.signature follows functools.wraps instead.
+    try:
+        parameter = inspect.signature(callback).parameters.get(keyword)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (
+        parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+
+
+class StoredSessionPlugin:
+    """Give Bottle routes an encrypted, database-backed session.
+
+    The session is passed to callbacks that take the ``keyword`` argument and is at
+    ``bottle.request.environ["storedsession.session"]`` on every route; it is loaded on
+    first use and saved when the callback returns or raises an ``HTTPResponse`` below
+    500 (a redirect, ``abort(403)``). Routes opt out with ``skip=`` or the route option
+    ``storedsession=False``. ``store_or_database`` is a :class:`SessionStore`, or a
+    database or URL to build one from with ``keys`` and ``store_options``; the cookie
+    options are those of :class:`storedsession.web.CookieOptions`. ``store`` is the
+    :class:`SessionStore` in use.
+    """
+
+    name = "storedsession"
+    api = 2
+
+    def __init__(self, store_or_database: SessionStore | str | peewee.Database, *,
+                 keys: str | Sequence[str] | None = None, cookie_name: str = "session",
+                 keyword: str = "session", cookie_path: str = "/",
+                 cookie_domain: str | None = None, cookie_secure: bool | None = None,
+                 cookie_httponly: bool = True, cookie_samesite: str | None = "Lax",
+                 **store_options: Any) -> None:
+        self.core = SessionMiddlewareCore(
+            store_or_database, keys=keys, cookie_name=cookie_name, cookie_path=cookie_path,
+            cookie_domain=cookie_domain, cookie_secure=cookie_secure,
+            cookie_httponly=cookie_httponly, cookie_samesite=cookie_samesite,
+            **store_options)
+        self.store = self.core.store
+        self.keyword = keyword
+
+    def setup(self, app: bottle.Bottle) -> None:
+        """Refuse to share the app with another plugin injecting the same keyword."""
+        for other in app.plugins:
+            if getattr(other, "keyword", None) == self.keyword:
+                raise bottle.PluginError(
+                    f"Another plugin already passes the keyword {self.keyword!r}; give "
+                    "StoredSessionPlugin another keyword=.")
+
+    def apply(self, callback: Callable[..., Any], route: bottle.Route) -> Callable[..., Any]:
+        """Wrap ``callback`` so that it runs with the request's session."""
+        if route.config.get("storedsession", True) is False:
+            return callback
+        keyword = self.keyword if _takes(route.callback, self.keyword) else None
+        begin = self.core.begin
+
+        @functools.wraps(callback)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            environ = bottle.request.environ
+            request = begin(environ.get("HTTP_COOKIE"),
+                            environ.get("wsgi.url_scheme") == "https")
+            environ[ENVIRON_KEY] = request.lazy
+            if keyword:
+                kwargs[keyword] = request.lazy
+            try:
+                out = callback(*args, **kwargs)
+            except bottle.HTTPResponse as response:  # raised or aborted: it replaces headers
+                _finish(request, response)
+                raise
+            except StoreUnavailable as exc:  # the session could not be loaded
+                request.close()
+                raise _unavailable() from exc
+            except BaseException:  # a failed request saves nothing
+                request.close()
+                raise
+            _finish(request, out if isinstance(out, bottle.HTTPResponse) else bottle.response)
+            return out
+
+        return wrapper
+
+
+def _finish(request: RequestSession, response: bottle.BaseResponse) -> None:
+    try:
+        headers = request.finish(response.status_code)
+    except StoreUnavailable as exc:
+        raise _unavailable() from exc
+    for name, value in headers:
+        if name == "Vary":
+            response.set_header("Vary", add_vary(response.get_header("Vary")))
+        else:
+            response.add_header(name, value)
+
+
+def _unavailable() -> bottle.HTTPError:
+    return bottle.HTTPError(503, "The session store is unavailable; try again later.")

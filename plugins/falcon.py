@@ -1,0 +1,102 @@
+"""The Falcon middleware, for ``falcon.App`` and ``falcon.asgi.App`` alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import falcon
+import peewee
+
+from storedsession.exceptions import StoreUnavailable
+from storedsession.store import SessionStore
+from storedsession.web import RequestSession, SessionMiddlewareCore, add_vary
+
+if TYPE_CHECKING:
+    import falcon.asgi
+
+_STATE = "_storedsession"  # the request's RequestSession, on req.context
+
+
+class StoredSessionMiddleware:
+    """Give Falcon responders an encrypted, database-backed session.
+
+    The session is at ``req.context.session``, loaded on first use (under ASGI, in a
+    worker thread before the responder runs, when the request carries a session
+    cookie), and saved after the responder unless the response status is 500 or more.
+    A resource opts out with a class attribute ``storedsession = False``.
+    ``store_or_database`` is a :class:`SessionStore`, or a database or URL to build
+    one from with ``keys`` and ``store_options``; the cookie options are those of
+    :class:`storedsession.web.CookieOptions`. ``store`` is the :class:`SessionStore` in
+    use.
+    """
+
+    def __init__(self, store_or_database: SessionStore | str | peewee.Database, *,
+                 keys: str | Sequence[str] | None = None, cookie_name: str = "session",
+                 cookie_path: str = "/", cookie_domain: str | None = None,
+                 cookie_secure: bool | None = None, cookie_httponly: bool = True,
+                 cookie_samesite: str | None = "Lax", **store_options: Any) -> None:
+        self.core = SessionMiddlewareCore(
+            store_or_database, keys=keys, cookie_name=cookie_name, cookie_path=cookie_path,
+            cookie_domain=cookie_domain, cookie_secure=cookie_secure,
+            cookie_httponly=cookie_httponly, cookie_samesite=cookie_samesite,
+            **store_options)
+        self.store = self.core.store
+
+    def _begin(self, req: falcon.Request, *, hold_connection: bool) -> RequestSession:
+        request = self.core.begin(req.get_header("Cookie"), req.scheme == "https",
+                                  hold_connection=hold_connection)
+        setattr(req.context, _STATE, request)
+        req.context.session = request.lazy
+        return request
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Put the request's lazy session on ``req.context.session``."""
+        self._begin(req, hold_connection=True)
+
+    async def process_request_async(self, req: falcon.asgi.Request,
+                                    resp: falcon.asgi.Response) -> None:
+        """Put the session on ``req.context.session``, loaded off the event loop."""
+        await self._begin(req, hold_connection=False).preload()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response,
+                         resource: object, req_succeeded: bool) -> None:
+        """Save the session and add its cookie and ``Vary`` to the response."""
+        request = _taken(req, resource)
+        if request is not None:
+            try:
+                headers = request.finish(resp.status_code)
+            except StoreUnavailable as exc:
+                raise falcon.HTTPServiceUnavailable() from exc
+            _apply(resp, headers)
+
+    async def process_response_async(self, req: falcon.asgi.Request,
+                                     resp: falcon.asgi.Response, resource: object,
+                                     req_succeeded: bool) -> None:
+        """Save the session in a worker thread and add its cookie and ``Vary``."""
+        request = _taken(req, resource)
+        if request is not None:
+            try:
+                headers = await request.finish_async(resp.status_code)
+            except StoreUnavailable as exc:
+                raise falcon.HTTPServiceUnavailable() from exc
+            _apply(resp, headers)
+
+
+def _taken(req: falcon.Request, resource: object) -> RequestSession | None:
+    """Return the request's session state unless there is none or the resource opted out."""
+    request: RequestSession | None = getattr(req.context, _STATE, None)
+    if request is not None and getattr(resource, "storedsession", True) is False:
+        request.close()
+        return None
+    return request
+
+
+def _apply(resp: falcon.Response, headers: list[tuple[str, str]]) -> None:
+    for name, value in headers:
+        if name == "Vary":
+            resp.set_header("Vary", add_vary(resp.get_header("Vary")))
+        else:
+            # Raw, so the deletion cookie keeps Secure (unset_cookie drops it); appended
+            # Set-Cookie lines are kept apart from each other and from the app's cookies.
+            resp.append_header(name, value)
