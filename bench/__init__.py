@@ -1,0 +1,1 @@
+"""storedsession's benchmark: the library against a hand-written floor, side by side."""

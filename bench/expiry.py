@@ -1,0 +1,103 @@
+"""``storedsession-expire`` on a large table while requests run on live sessions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from storedsession import SessionStore, StoredSessionError, generate_key
+
+LIVE = 200
+
+
+def _p99(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=100)[98] * 1000 if len(samples) > 1 else 0.0
+
+
+def _requests(store: SessionStore, public_ids: list[str], stop: threading.Event,
+              latencies: list[float], errors: list[str], limit: int) -> None:
+    i = 0
+    while not stop.is_set() and i < limit:
+        public_id = public_ids[i % len(public_ids)]
+        start = time.perf_counter()
+        try:
+            with store.connected():
+                session = store.load(public_id)
+                if session.new:
+                    errors.append("live session lost")
+                session["n"] = session.get("n", 0) + 1
+                store.save(session)
+        except StoredSessionError as exc:
+            errors.append(type(exc).__name__)
+        latencies.append(time.perf_counter() - start)
+        i += 1
+
+
+def sweep_under_load(url: str, rows: int) -> dict[str, Any]:
+    """Fill ``rows`` rows (half expired), then compare request p99 without and during a sweep."""
+    table = f"bench_expire_{uuid.uuid4().hex[:8]}"
+    store = SessionStore(url, keys=[generate_key()], table_name=table)
+    store.create_table()
+    try:
+        public_ids = []
+        for _ in range(LIVE):
+            session = store.load(None)
+            session["n"] = 0
+            store.save(session)
+            public_ids.append(session.id)
+        db, p = store.database, store.database.param
+        quoted = db.quote[0] + table + db.quote[1]
+        sql = f"INSERT INTO {quoted} VALUES ({p}, {p}, NULL, {p}, {p}, {p}, NULL, 1)"
+        now = store.now()
+        expired = (rows - LIVE) // 2
+        blob = os.urandom(1100)
+        for start in range(0, rows - LIVE, 5000):
+            n = min(5000, rows - LIVE - start)
+            batch = []
+            for k in range(n):
+                past = start + k < expired
+                expires = now - 60_000 if past else now + 10**9
+                batch.append((os.urandom(32).hex(), blob, now - 10**6, now - 10**6, expires))
+            with store.connected(), db.atomic():
+                db.cursor().executemany(sql, batch)
+
+        calm: list[float] = []
+        errors: list[str] = []
+        _requests(store, public_ids, threading.Event(), calm, errors, 1500)
+
+        during: list[float] = []
+        stop = threading.Event()
+        worker = threading.Thread(target=_requests,
+                                  args=(store, public_ids, stop, during, errors, 10**9))
+        command = ([shutil.which("storedsession-expire")] if shutil.which("storedsession-expire")
+                   else [sys.executable, "-m", "storedsession", "expire"])
+        started = time.perf_counter()
+        worker.start()
+        result = subprocess.run([*command, "--database", url, "--table", table,  # type: ignore[list-item]
+                                 "--batch-size", "1000"], capture_output=True, text=True,
+                                timeout=1800)
+        seconds = time.perf_counter() - started
+        stop.set()
+        worker.join()
+        remaining_expired = store.count_expired()
+        with store.connected():
+            remaining = db.execute_sql(f"SELECT COUNT(*) FROM {quoted}").fetchone()[0]
+        return {
+            "rows": rows, "expired": expired, "seconds": seconds,
+            "exit_code": result.returncode, "output": result.stdout.strip(),
+            "requests_during": len(during), "errors": len(errors),
+            "p99_ms_without": _p99(calm), "p99_ms_during": _p99(during),
+            "p99_factor": _p99(during) / _p99(calm) if calm else 0.0,
+            "left_expired": remaining_expired, "left_rows": remaining,
+            "rows_expected": rows - expired,
+        }
+    finally:
+        store.drop_table()
+        store.close()
