@@ -9,8 +9,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -551,11 +551,9 @@ class SessionStore:
         return deleted
 
     # -- connections -----------------------------------------------------------------
-    @contextmanager
-    def connected(self) -> Iterator[None]:
-        """Hold one connection for several operations (a web request, say)."""
-        with self._connection():
-            yield
+    def connected(self) -> AbstractContextManager[peewee.Database]:
+        """Hold one connection for several operations: ``with store.connected(): ...``."""
+        return self._connection()
 
     def close(self) -> None:
         """Close the database if the store built it from a URL (pools close all)."""

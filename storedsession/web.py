@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
@@ -33,7 +32,6 @@ security_log = logging.getLogger("storedsession.security")
 #: Where an adapter puts the session for code that does not take the keyword.
 ENVIRON_KEY = "storedsession.session"
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
-_COOKIE_SEPARATORS = re.compile("[;,]")
 
 
 @dataclass(frozen=True)
@@ -96,10 +94,10 @@ def cookie_values(header: str | None, name: str) -> Iterator[str]:
     Pairs are split on ``;`` and also on ``,``, with which WSGI servers such as waitress
     and gunicorn join repeated ``Cookie`` fields; a well-formed value holds neither.
     """
-    if not header:
+    if not header or name not in header:
         return
-    for part in _COOKIE_SEPARATORS.split(header):
-        key, sep, value = part.strip().partition("=")
+    for part in header.replace(",", ";").split(";"):
+        key, sep, value = part.partition("=")
         if sep and key.strip() == name:
             yield value.strip()
 
@@ -177,8 +175,8 @@ class RequestSession:
     peewee keeps connections per thread.
     """
 
-    __slots__ = ("core", "cookie", "https", "lazy", "_session", "_exit", "_hold", "failed",
-                 "_preload_error")
+    __slots__ = ("core", "cookie", "https", "lazy", "_session", "_held", "_hold", "failed",
+                 "_preload_error", "_well_formed")
 
     def __init__(self, core: SessionMiddlewareCore, cookie_header: str | None, https: bool,
                  *, hold_connection: bool = True) -> None:
@@ -187,7 +185,8 @@ class RequestSession:
         self.https = https
         self.lazy = LazySession(self)
         self._session: Session | None = None
-        self._exit: ExitStack | None = None
+        self._held: AbstractContextManager[Any] | None = None
+        self._well_formed = ids.is_public_id(self.cookie)
         self._hold = hold_connection
         #: Set when the application met a StoreUnavailable while loading the session;
         #: :meth:`finish` then raises it again, for the adapter to answer 503.
@@ -200,9 +199,10 @@ class RequestSession:
         return self._session is not None
 
     def _connect(self) -> None:
-        if self._hold and self._exit is None:
-            self._exit = ExitStack()
-            self._exit.enter_context(self.core.store.connected())
+        if self._hold and self._held is None:
+            held = self.core.store.connected()
+            held.__enter__()
+            self._held = held
 
     def session_object(self) -> Session:
         """Return the real session, loading it on first use."""
@@ -210,7 +210,7 @@ class RequestSession:
             try:
                 if self._preload_error is not None:
                     raise self._preload_error  # never retried: that would block an event loop
-                if ids.is_public_id(self.cookie):
+                if self._well_formed:
                     self._connect()
                 self._session = self.core.store.load(self.cookie)
             except StoreUnavailable:
@@ -225,7 +225,7 @@ class RequestSession:
         database failure is kept and raised when the application uses the session, so
         a request that never does is not failed by it.
         """
-        if self._session is None and ids.is_public_id(self.cookie):
+        if self._session is None and self._well_formed:
             try:
                 self._session = await self.core.store.aload(self.cookie)
             except StoreUnavailable as exc:
@@ -272,9 +272,9 @@ class RequestSession:
 
     def close(self) -> None:
         """Return the request's connection, if it holds one."""
-        exit_stack, self._exit = self._exit, None
-        if exit_stack is not None:
-            exit_stack.close()
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
 
 
 class SessionMiddlewareCore:
