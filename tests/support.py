@@ -51,3 +51,12 @@ def fetch_rows(store: SessionStore) -> list[tuple[Any, ...]]:
     table = store.database.quote[0] + store.table_name + store.database.quote[1]
     with store.connected():
         return list(store.database.execute_sql(f"SELECT * FROM {table}").fetchall())
+
+
+def stored(store: SessionStore, **data: Any) -> str:
+    """Save a new session holding ``data`` (``{"a": 1}`` when empty); return its public id."""
+    session = store.load(None)
+    session.update(data or {"a": 1})
+    store.save(session)
+    assert session.id is not None
+    return session.id

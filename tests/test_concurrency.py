@@ -9,18 +9,11 @@ import pytest
 from storedsession import SessionInterrupted, SessionStore, StoreUnavailable
 from storedsession import store as store_module
 
-from .support import fetch_rows
-
-
-def _stored(store: SessionStore, **data) -> str:
-    session = store.load(None)
-    session.update(data)
-    store.save(session)
-    return session.id
+from .support import fetch_rows, stored
 
 
 def test_different_keys_both_kept(store: SessionStore) -> None:
-    sid = _stored(store, base=0)
+    sid = stored(store, base=0)
     first, second = store.load(sid), store.load(sid)
     first["a"] = 1
     second["b"] = 2
@@ -30,7 +23,7 @@ def test_different_keys_both_kept(store: SessionStore) -> None:
 
 
 def test_same_key_later_save_wins(store: SessionStore) -> None:
-    sid = _stored(store, n=0)
+    sid = stored(store, n=0)
     first, second = store.load(sid), store.load(sid)
     first["n"] = 1
     second["n"] = 2
@@ -40,7 +33,7 @@ def test_same_key_later_save_wins(store: SessionStore) -> None:
 
 
 def test_a_deletion_not_seen_wins_over_a_change(store: SessionStore) -> None:
-    sid = _stored(store, cart=[1], coupon="X")
+    sid = stored(store, cart=[1], coupon="X")
     deleter, stale = store.load(sid), store.load(sid)
     del deleter["cart"]
     del deleter["coupon"]
@@ -52,7 +45,7 @@ def test_a_deletion_not_seen_wins_over_a_change(store: SessionStore) -> None:
 
 
 def test_stale_request_never_restores_a_deleted_key(store: SessionStore) -> None:
-    sid = _stored(store, flash="hello", n=1)
+    sid = stored(store, flash="hello", n=1)
     reader, stale = store.load(sid), store.load(sid)
     reader.pop("flash")
     store.save(reader)
@@ -62,7 +55,7 @@ def test_stale_request_never_restores_a_deleted_key(store: SessionStore) -> None
 
 
 def test_merge_keeps_the_other_user_id_unless_changed_here(store: SessionStore) -> None:
-    sid = _stored(store, a=0)
+    sid = stored(store, a=0)
     login, stale = store.load(sid), store.load(sid)
     login.user_id = 42
     store.save(login)
@@ -73,7 +66,7 @@ def test_merge_keeps_the_other_user_id_unless_changed_here(store: SessionStore) 
 
 
 def test_save_after_a_delete_is_interrupted_not_resurrected(store: SessionStore, caplog) -> None:
-    sid = _stored(store, a=1)
+    sid = stored(store, a=1)
     logout, slow = store.load(sid), store.load(sid)
     store.delete(logout)
     slow["a"] = 2
@@ -85,7 +78,7 @@ def test_save_after_a_delete_is_interrupted_not_resurrected(store: SessionStore,
 
 
 def test_regenerate_after_a_delete_is_interrupted(store: SessionStore) -> None:
-    sid = _stored(store, a=1)
+    sid = stored(store, a=1)
     logout, login = store.load(sid), store.load(sid)
     store.delete(logout)
     login.regenerate()
@@ -95,7 +88,7 @@ def test_regenerate_after_a_delete_is_interrupted(store: SessionStore) -> None:
 
 
 def test_regenerate_merges_a_concurrent_change(store: SessionStore) -> None:
-    sid = _stored(store, cart=[1])
+    sid = stored(store, cart=[1])
     other, login = store.load(sid), store.load(sid)
     other["cart"].append(2)
     store.save(other)
@@ -111,7 +104,7 @@ def test_regenerate_merges_a_concurrent_change(store: SessionStore) -> None:
 
 def test_persistent_conflict_raises_instead_of_dropping(store, monkeypatch) -> None:
     monkeypatch.setattr(store_module, "MAX_CONFLICT_RETRIES", 1)
-    sid = _stored(store, n=0)
+    sid = stored(store, n=0)
     winner, loser = store.load(sid), store.load(sid)
     winner["n"] = 1
     store.save(winner)
@@ -123,7 +116,7 @@ def test_persistent_conflict_raises_instead_of_dropping(store, monkeypatch) -> N
 
 def test_eight_threads_on_one_session(make_store) -> None:
     store = make_store()
-    sid = _stored(store, start=True)
+    sid = stored(store, start=True)
     rounds = 5
     errors: list[BaseException] = []
     barrier = threading.Barrier(8)
@@ -151,7 +144,7 @@ def test_eight_threads_on_one_session(make_store) -> None:
 
 def test_eight_threads_racing_a_delete(make_store) -> None:
     store = make_store()
-    sid = _stored(store, start=True)
+    sid = stored(store, start=True)
     outcomes: list[str] = []
     unexpected: list[BaseException] = []
     barrier = threading.Barrier(9)

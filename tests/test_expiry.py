@@ -6,21 +6,14 @@ from datetime import timedelta
 
 import pytest
 
-from storedsession import SessionStore, signals
+from storedsession import signals
 
-from .support import fetch_rows
-
-
-def _stored(store: SessionStore, **data) -> str:
-    session = store.load(None)
-    session.update(data or {"a": 1})
-    store.save(session)
-    return session.id
+from .support import fetch_rows, stored
 
 
 def test_idle_timeout(make_store, clock) -> None:
     store = make_store(idle_timeout=600, touch_interval=0)
-    sid = _stored(store)
+    sid = stored(store)
     clock.advance(599)
     session = store.load(sid)
     assert not session.new
@@ -33,7 +26,7 @@ def test_idle_timeout(make_store, clock) -> None:
 
 def test_absolute_timeout_caps_even_active_sessions(make_store, clock) -> None:
     store = make_store(idle_timeout=600, absolute_timeout=timedelta(hours=1), touch_interval=0)
-    sid = _stored(store)
+    sid = stored(store)
     for _ in range(5):
         clock.advance(500)
         session = store.load(sid)
@@ -45,7 +38,7 @@ def test_absolute_timeout_caps_even_active_sessions(make_store, clock) -> None:
 
 def test_no_limits(make_store, clock) -> None:
     store = make_store(idle_timeout=None, absolute_timeout=None)
-    sid = _stored(store)
+    sid = stored(store)
     session = store.load(sid)
     assert session.expires_at is None and store.cookie_max_age(session) is None
     clock.advance(days=3650)
@@ -118,7 +111,7 @@ def test_cookie_max_age_follows_remaining_lifetime(make_store, clock) -> None:
 
 def test_a_tightened_configuration_applies_at_load(make_store, clock) -> None:
     generous = make_store(idle_timeout=timedelta(days=14))
-    sid = _stored(generous)
+    sid = stored(generous)
     strict = make_store(idle_timeout=60)
     clock.advance(120)
     assert strict.load(sid).new
@@ -127,9 +120,9 @@ def test_a_tightened_configuration_applies_at_load(make_store, clock) -> None:
 
 def test_expire_removes_exactly_the_expired_rows(make_store, clock) -> None:
     store = make_store(idle_timeout=600)
-    old = [_stored(store) for _ in range(7)]
+    old = [stored(store) for _ in range(7)]
     clock.advance(300)
-    young = [_stored(store) for _ in range(3)]
+    young = [stored(store) for _ in range(3)]
     clock.advance(301)
     counted = []
     signals.sessions_expired.connect(lambda sender, count: counted.append(count), weak=False)
@@ -148,7 +141,7 @@ def test_expire_removes_exactly_the_expired_rows(make_store, clock) -> None:
 def test_expire_reports_batches_and_rejects_bad_batch_sizes(make_store, clock) -> None:
     store = make_store(idle_timeout=60)
     for _ in range(5):
-        _stored(store)
+        stored(store)
     clock.advance(61)
     batches: list[int] = []
     assert store.expire(batch_size=2, progress=batches.append) == 5
@@ -160,7 +153,7 @@ def test_expire_reports_batches_and_rejects_bad_batch_sizes(make_store, clock) -
 
 def test_expired_rows_never_load_before_cleanup(make_store, clock) -> None:
     store = make_store(idle_timeout=60)
-    sid = _stored(store)
+    sid = stored(store)
     clock.advance(61)
     assert store.load(sid).new
     assert len(fetch_rows(store)) == 1  # still there, until expire()
@@ -170,7 +163,7 @@ def test_same_answer_in_any_timezone(make_store, clock, monkeypatch) -> None:
     import time
 
     store = make_store(idle_timeout=600)
-    sid = _stored(store)
+    sid = stored(store)
     for tz in ("UTC", "America/New_York", "Asia/Kolkata", "Pacific/Kiritimati"):
         monkeypatch.setenv("TZ", tz)
         time.tzset()

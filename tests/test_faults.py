@@ -14,14 +14,7 @@ import pytest
 from storedsession import SessionStore, StoreUnavailable, generate_key
 from storedsession.maintenance import rotate_keys
 
-from .support import fetch_rows
-
-
-def _stored(store: SessionStore, **data) -> str:
-    session = store.load(None)
-    session.update(data)
-    store.save(session)
-    return session.id
+from .support import fetch_rows, stored
 
 
 def test_sqlite_locked_past_the_busy_timeout(tmp_path, keys) -> None:
@@ -29,7 +22,7 @@ def test_sqlite_locked_past_the_busy_timeout(tmp_path, keys) -> None:
     database = peewee.SqliteDatabase(str(path), timeout=0.3, pragmas={"journal_mode": "wal"})
     store = SessionStore(database, keys=keys)
     store.create_table()
-    sid = _stored(store, n=1)
+    sid = stored(store, n=1)
     blocker = sqlite3.connect(str(path), isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
     try:
@@ -59,7 +52,7 @@ def test_sqlite_disk_full(tmp_path, keys) -> None:
     path = tmp_path / "full.db"
     setup = SessionStore(f"sqlite:///{path}", keys=keys)
     setup.create_table()
-    sid = _stored(setup, n=1)
+    sid = stored(setup, n=1)
     with setup.connected():
         pages = setup.database.execute_sql("PRAGMA page_count").fetchone()[0]
     setup.close()
@@ -81,9 +74,9 @@ def test_sqlite_disk_full(tmp_path, keys) -> None:
 
 def test_two_sweeps_at_once_beside_live_writes(make_store, clock) -> None:
     store = make_store(idle_timeout=600, touch_interval=0)
-    doomed = [_stored(store, n=0) for _ in range(120)]
+    doomed = [stored(store, n=0) for _ in range(120)]
     clock.advance(300)
-    live = [_stored(store, n=0) for _ in range(20)]
+    live = [stored(store, n=0) for _ in range(20)]
     clock.advance(301)  # the first 120 are expired, the last 20 are not
     counts: list[int] = []
     errors: list[BaseException] = []
@@ -129,7 +122,7 @@ def test_rotation_interrupted_after_its_first_batch_then_finished(make_store, ke
     old_store = make_store()
     sessions = {}
     for n in range(25):
-        sessions[_stored(old_store, n=n, text="é" * n)] = n
+        sessions[stored(old_store, n=n, text="é" * n)] = n
     new_key = generate_key()
     rotating = make_store(keys=[new_key, *keys])
     batches: list[int] = []

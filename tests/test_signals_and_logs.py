@@ -92,3 +92,55 @@ def test_security_events_use_the_security_logger(store: SessionStore, caplog) ->
     loggers = {record.name for record in caplog.records}
     assert loggers == {"storedsession.security"}
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
+
+
+def test_errors_and_cli_output_hold_no_id_key_or_value(make_store, keys, database_url,
+                                                       table_name, caplog, clock,
+                                                       monkeypatch) -> None:
+    """Database down, tampering, rotation and the CLI: no secret in any text."""
+    from click.testing import CliRunner
+
+    from storedsession import StoreUnavailable, generate_key
+    from storedsession.cli import cli
+
+    canary = "canary-3b7d1a"
+    store = make_store(clock=None)  # the CLI runs on real time
+    texts: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        session = store.load(None)
+        session["secret"] = canary
+        store.save(session)
+        public_id = session.id
+        model = store.model
+        with store.connected():  # tamper with the row
+            payload = bytearray(model.get(model.sid == session.handle).payload)
+            payload[-3] ^= 0xFF
+            model.update(payload=bytes(payload)).where(model.sid == session.handle).execute()
+        store.load(public_id)
+        store.drop_table()  # the database "goes down" for this table
+        for call in (lambda: store.load(public_id), lambda: store.save(session),
+                     lambda: store.delete(session)):
+            try:
+                call()
+            except StoreUnavailable as exc:
+                texts.append(str(exc))
+                texts.append(repr(exc))
+                texts.append(str(exc.__cause__))
+        store.create_table()
+        fresh = store.load(None)
+        fresh["secret"] = canary
+        store.save(fresh)
+        new_key = generate_key()
+        monkeypatch.setenv("STOREDSESSION_KEYS", f"{new_key},{keys[0]}")
+        runner = CliRunner()
+        for args in (["stats"], ["expire", "--dry-run"], ["expire"], ["rotate-keys"],
+                     ["init"]):
+            result = runner.invoke(cli, [*args, "--database", database_url,
+                                         "--table", table_name])
+            assert result.exit_code == 0, result.output
+            texts.append(result.output)
+    texts += [record.getMessage() for record in caplog.records]
+    text = "\n".join(texts)
+    for secret in (canary, public_id, fresh.id, new_key, *keys):
+        assert secret not in text
+    assert any("decrypt" in t for t in texts) and any("Re-encrypted 1" in t for t in texts)

@@ -343,3 +343,23 @@ def test_reading_scalars_needs_no_serialization(store: SessionStore, monkeypatch
     assert not loaded.modified
     assert store.save(loaded) is Outcome.NOTHING
     assert calls == []
+
+
+def test_ciphertext_copied_to_another_table_with_the_same_keys_reads_empty(
+        make_store, table_name, caplog) -> None:
+    first = make_store()
+    second = make_store(table_name=table_name + "_b")
+    session = first.load(None)
+    session["who"] = "alice"
+    first.save(session)
+    with first.connected():
+        row = first.model.get(first.model.sid == session.handle)
+    with second.connected():  # the same row, byte for byte, in the other table
+        second.model.insert(
+            sid=row.sid, payload=row.payload, user_id=row.user_id, created_at=row.created_at,
+            last_seen_at=row.last_seen_at, expires_at=row.expires_at,
+            idle_timeout=row.idle_timeout, version=row.version).execute()
+    with caplog.at_level("WARNING", logger="storedsession.security"):
+        assert len(second.load(session.id)) == 0
+    assert any("decrypt" in r.getMessage() for r in caplog.records)
+    assert first.load(session.id)["who"] == "alice"
