@@ -18,6 +18,7 @@ from .test_bottle import install
 from .test_falcon import Client
 from .wire import Reply, wsgi_call
 
+
 def _flip(public_id: str) -> str:
     """The id with its case flipped, still well formed (the last character carries
     padding bits, so it keeps its case)."""
