@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 from playhouse import db_url
+from playhouse.pool import MaxConnectionsExceeded
 
 from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
 
@@ -142,7 +143,9 @@ class Connector:
             return False
 
 
-_DATABASE_ERRORS = (peewee.PeeweeException, OSError)
+#: A full pool raises ValueError, not a peewee error: without it here the adapters would
+#: answer 500 instead of 503 when every pooled connection is in use.
+_DATABASE_ERRORS = (peewee.PeeweeException, OSError, MaxConnectionsExceeded)
 
 
 class _Use:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import peewee
 
-from .database import is_mysql
+from .database import is_mysql, is_sqlite
 
 COLUMNS = "payload, user_id, created_at, last_seen_at, expires_at, idle_timeout, version"
 
@@ -21,6 +21,7 @@ class Statements:
     """The statements of one table on one database."""
 
     select: str
+    select_for_update: str
     insert: str
     insert_ignores_conflict: bool
     update: str
@@ -50,6 +51,9 @@ class Statements:
             )
         return cls(
             select=f"SELECT {COLUMNS} FROM {t} WHERE sid = {p}",
+            # SQLite has no row locks: its write transaction (BEGIN IMMEDIATE) serializes.
+            select_for_update=(f"SELECT {COLUMNS} FROM {t} WHERE sid = {p}"
+                               + ("" if is_sqlite(database) else " FOR UPDATE")),
             insert=(
                 f"INSERT INTO {t} (sid, {COLUMNS}) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, 1)"
                 + conflict

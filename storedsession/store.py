@@ -356,14 +356,22 @@ class SessionStore:
                attempt: Callable[[Session, bytes], None]) -> None:
         with self._connection():
             self._check_packet()
+            try:
+                attempt(session, plaintext)
+                return
+            except _Conflict:
+                pass
+            # Lost a race: re-read and re-apply under a row lock, so that no other writer
+            # can move the version before this one writes (optimistic retries alone
+            # starve a request when several write the same session at once).
             for tries in range(MAX_CONFLICT_RETRIES):
                 try:
-                    attempt(session, plaintext)
+                    with self._transaction():
+                        plaintext = self._merge_latest(session, lock=True)
+                        attempt(session, plaintext)
                     return
                 except _Conflict:
-                    plaintext = self._merge_latest(session)
-                    if tries:
-                        time.sleep(random.uniform(0, 0.002 * tries))  # noqa: S311 - jitter
+                    time.sleep(random.uniform(0, 0.002 * (tries + 1)))  # noqa: S311 - jitter
         raise StoreUnavailable(
             "The session kept changing under this request and could not be saved; "
             "try again."
@@ -400,11 +408,15 @@ class SessionStore:
         if signals.session_delete.receivers:
             signals.session_delete.send(self, sid=old["_handle"])
 
-    def _merge_latest(self, session: Session) -> bytes:
-        """Re-read a session that another request saved first and re-apply our changes."""
+    def _merge_latest(self, session: Session, lock: bool = False) -> bytes:
+        """Re-read a session that another request saved first and re-apply our changes.
+
+        With ``lock``, the row stays locked until the caller's transaction ends.
+        """
         handle = session._handle
         assert handle is not None and session._loaded is not None
-        row = self.database.execute_sql(self._sql.select, (handle,)).fetchone()
+        sql = self._sql.select_for_update if lock else self._sql.select
+        row = self.database.execute_sql(sql, (handle,)).fetchone()
         if row is None:
             security_log.warning("Blocked a save that would have resurrected a deleted session.")
             raise SessionInterrupted()

@@ -103,7 +103,7 @@ def test_regenerate_merges_a_concurrent_change(store: SessionStore) -> None:
 
 
 def test_persistent_conflict_raises_instead_of_dropping(store, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "MAX_CONFLICT_RETRIES", 1)
+    monkeypatch.setattr(store_module, "MAX_CONFLICT_RETRIES", 0)
     sid = stored(store, n=0)
     winner, loser = store.load(sid), store.load(sid)
     winner["n"] = 1
