@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from datetime import UTC
 
 import peewee
 import pytest
@@ -139,3 +140,67 @@ def test_rotation_interrupted_after_its_first_batch_then_finished(make_store, ke
     new_only = make_store(keys=[new_key])
     for public_id, n in sessions.items():
         assert dict(new_only.load(public_id)) == {"n": n, "text": "é" * n}
+
+
+def test_two_expire_commands_at_once_beside_live_writes(database_url, table_name, keys,
+                                                         tmp_path) -> None:
+    """The console script, twice at once, while traffic writes: the counts add up."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from datetime import datetime, timedelta
+    from pathlib import Path
+
+    past = datetime.now(UTC) - timedelta(days=60)
+    old = SessionStore(database_url, keys=keys, table_name=table_name, clock=lambda: past)
+    store = SessionStore(database_url, keys=keys, table_name=table_name, touch_interval=0)
+    try:
+        store.create_table()
+        for _ in range(300):
+            stored(old, n=0)  # expired weeks ago, by the real clock
+        live = [stored(store, n=0) for _ in range(10)]
+        script = Path(sys.executable).parent / "storedsession-expire"
+        env = {k: v for k, v in os.environ.items() if k != "STOREDSESSION_KEYS"}
+        command = [str(script), "--database", database_url, "--table", table_name,
+                   "--batch-size", "7"]
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        writes = [0]
+
+        def traffic() -> None:
+            try:
+                while not stop.is_set():
+                    for public_id in live:
+                        session = store.load(public_id)
+                        assert not session.new
+                        session["n"] += 1
+                        store.save(session)
+                        writes[0] += 1
+            except BaseException as exc:
+                errors.append(exc)
+
+        writer = threading.Thread(target=traffic)
+        writer.start()
+        sweeps = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outputs = [sweep.communicate(timeout=120) for sweep in sweeps]
+        stop.set()
+        writer.join(30)
+        assert errors == [] and writes[0] > 0
+        assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+        counts = []
+        for stdout, stderr in outputs:
+            assert "Traceback" not in stderr
+            found = re.fullmatch(r"Expired (\d+) sessions\.|No sessions to expire\.",
+                                 stdout.strip())
+            assert found, stdout
+            counts.append(int(found.group(1) or 0))
+        assert sum(counts) == 300
+        rows = fetch_rows(store)
+        assert len(rows) == 10  # nothing live deleted, nothing expired back
+        assert sum(store.load(public_id)["n"] for public_id in live) == writes[0]
+    finally:
+        store.drop_table()
+        store.close()
+        old.close()
