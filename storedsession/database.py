@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import peewee
@@ -118,6 +118,32 @@ class Connector:
 
     def __call__(self) -> _Use:
         return _Use(self)
+
+    def fetchone(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """Run a query and return its first row, connecting only if need be.
+
+        The hot path's shortcut for ``with connector(): ...``: with a connection already
+        open (a request holds one) it costs no guard object.
+        """
+        database = self.database
+        if database.is_closed():
+            with _Use(self):
+                return database.execute_sql(sql, params).fetchone()
+        try:
+            return database.execute_sql(sql, params).fetchone()
+        except _DATABASE_ERRORS as exc:
+            self.fail(exc, opened=False)
+
+    def rowcount(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Run a statement and return how many rows it changed, as :meth:`fetchone`."""
+        database = self.database
+        if database.is_closed():
+            with _Use(self):
+                return int(database.execute_sql(sql, params).rowcount)
+        try:
+            return int(database.execute_sql(sql, params).rowcount)
+        except _DATABASE_ERRORS as exc:
+            self.fail(exc, opened=False)
 
     def fail(self, exc: BaseException, opened: bool) -> NoReturn:
         """Raise the store's error for a database error (closing what we opened)."""

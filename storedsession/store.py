@@ -250,8 +250,7 @@ class SessionStore:
             security_log.warning("Ignored a malformed session id.")
             return Session()
         handle = ids.handle_for(value)
-        with self._connection():
-            row = self.database.execute_sql(self._sql.select, (handle,)).fetchone()
+        row = self._connection.fetchone(self._sql.select, (handle,))
         if signals.session_read.receivers:
             signals.session_read.send(self, sid=handle)
         if row is None:
@@ -456,9 +455,7 @@ class SessionStore:
         if now - session._last_seen < self._touch_ms:
             return Outcome.NOTHING
         expires = self._expiry(session._created, now, session._idle)
-        with self._connection():
-            cursor = self.database.execute_sql(self._sql.touch, (now, expires, session._handle))
-        if cursor.rowcount != 1:
+        if self._connection.rowcount(self._sql.touch, (now, expires, session._handle)) != 1:
             return Outcome.NOTHING  # deleted meanwhile: nothing to refresh
         session._last_seen, session._expires = now, expires
         return Outcome.TOUCHED
