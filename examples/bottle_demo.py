@@ -1,0 +1,160 @@
+"""The storedsession demo on Bottle, served by the standard library's WSGI server.
+
+    python -m examples.bottle_demo [--port 8080] [--database sqlite:///storedsession-demo.db]
+
+Bottle 0.13 notes: form text is read with ``forms.getunicode()`` (``forms.get()`` gives
+UTF-8 decoded as latin-1); a redirect or ``abort()`` raises an ``HTTPResponse``, after
+which the plugin still saves the session (any status below 500). The routes below are
+closures over ``store``, which the plugin handles (it never calls Bottle's
+``get_callback_args()``, which would hang on them).
+"""
+
+from __future__ import annotations
+
+import socketserver
+from collections.abc import Sequence
+from typing import Any, NoReturn
+from wsgiref.simple_server import WSGIServer, make_server
+
+import bottle
+
+from storedsession import Session, SessionStore
+from storedsession.plugins.bottle import StoredSessionPlugin
+
+from . import common
+
+NAME = "Bottle"
+
+
+def make_app(store: SessionStore) -> bottle.Bottle:
+    """Build the demo app on ``store``, whose table exists."""
+    app = bottle.Bottle()
+    app.install(StoredSessionPlugin(store))  # routes taking `session` get it
+
+    @app.get("/")
+    def home(session: Session) -> str:
+        session["visits"] = session.get("visits", 0) + 1
+        return _page(common.home_page(NAME, session, session.pop("flash", None)))
+
+    @app.post("/signin")
+    def sign_in(session: Session) -> None:
+        name = common.clean(_form(session).getunicode("username"))
+        if name is None:
+            _back(session, common.BAD_NAME)
+        session.regenerate()  # a new id at sign-in: no session fixation
+        session.user_id = name  # what store.sessions_for() and revoke_user() look up
+        common.renew_csrf_token(session)
+        _back(session, f"Signed in as {name}.")
+
+    @app.post("/signout")
+    def sign_out(session: Session) -> None:
+        _form(session)
+        _sign_out(session)
+
+    @app.post("/cart/add")
+    def cart_add(session: Session) -> None:
+        item = common.clean(_form(session).getunicode("item"))
+        if item is None:
+            _back(session, common.BAD_ITEM)
+        cart = session.setdefault("cart", [])
+        if len(cart) >= common.MAX_CART:
+            _back(session, common.CART_FULL)
+        cart.append(item)  # changed in place: saved all the same
+        _back(session, f"Added {item} to the cart.")
+
+    @app.post("/cart/remove")
+    def cart_remove(session: Session) -> None:
+        item = _form(session).getunicode("item")
+        cart = session.get("cart", [])
+        if item not in cart:
+            _back(session, "That item was not in the cart.")
+        cart.remove(item)
+        _back(session, f"Removed {item} from the cart.")
+
+    @app.get("/sessions")
+    def sessions(session: Session) -> str:
+        listed = store.sessions_for(_user(session))
+        return _page(common.sessions_page(NAME, session, listed, session.pop("flash", None)))
+
+    @app.post("/sessions/revoke")
+    def revoke(session: Session) -> None:
+        handle = _form(session).getunicode("handle")
+        user = _user(session)
+        if handle == session.handle:
+            _sign_out(session)
+        # user_id=: a user can only ever sign out sessions of their own.
+        revoked = isinstance(handle, str) and store.revoke(handle, user_id=user)
+        _back(session, common.REVOKED if revoked else common.GONE, "/sessions")
+
+    @app.post("/sessions/revoke-others")
+    def revoke_others(session: Session) -> None:
+        _form(session)
+        count = store.revoke_user(_user(session), keep=session)
+        _back(session, f"Signed out {count} other session(s).", "/sessions")
+
+    @app.error(403)
+    @app.error(404)
+    @app.error(405)
+    def error(err: bottle.HTTPError) -> str:
+        return _page(common.error_page(NAME, err.status_line, str(err.body)))
+
+    return app
+
+
+def _page(page: str) -> str:
+    for name, value in common.HEADERS:
+        bottle.response.set_header(name, value)
+    return page
+
+
+def _form(session: Session) -> Any:
+    """Return the POSTed form if it carries the session's CSRF token, or answer 403."""
+    form = bottle.request.forms
+    if not common.csrf_valid(session, form.getunicode("csrf")):
+        bottle.abort(403, common.CSRF_FAILED)
+    return form
+
+
+def _back(session: Session, message: str, to: str = "/") -> NoReturn:
+    """Redirect (303) to ``to``, which shows ``message`` once."""
+    session["flash"] = message
+    raise bottle.HTTPResponse(status=303, Location=to)  # the plugin saves the session
+
+
+def _user(session: Session) -> str:
+    if session.user_id is None:
+        _back(session, common.SIGN_IN_FIRST)
+    return session.user_id
+
+
+def _sign_out(session: Session) -> NoReturn:
+    # invalidate() empties the session and deletes its row when the plugin saves it;
+    # the flash then starts a new, anonymous session under a new id.
+    session.invalidate()
+    _back(session, common.SIGNED_OUT)
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # browsers keep idle connections open: one thread each
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Start the demo on 127.0.0.1 and serve until Ctrl-C."""
+    args = common.parse_args(NAME, 8080, argv)
+    store = common.open_store(args.database)
+    try:
+        server = make_server("127.0.0.1", args.port, make_app(store), server_class=_Server)
+    except OSError as exc:
+        common.cannot_listen(args.port, exc)
+    common.announce(NAME, server.server_port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        store.close()
+
+
+if __name__ == "__main__":
+    main()

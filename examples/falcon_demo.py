@@ -1,0 +1,177 @@
+"""The storedsession demo on Falcon's ASGI app, served by uvicorn.
+
+    python -m examples.falcon_demo [--port 8081] [--database sqlite:///storedsession-demo.db]
+
+Responders are ``async``: the middleware loads the session in a worker thread before
+they run, and the store's async twins (``asessions_for``, ``arevoke``,
+``arevoke_user``) keep every other query off the event loop.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import falcon
+import falcon.asgi
+import uvicorn
+
+from storedsession import Session, SessionStore
+from storedsession.plugins.falcon import StoredSessionMiddleware
+
+from . import common
+
+NAME = "Falcon"
+Request = falcon.asgi.Request
+Response = falcon.asgi.Response
+
+
+class Home:
+    async def on_get(self, req: Request, resp: Response) -> None:
+        session = req.context.session
+        session["visits"] = session.get("visits", 0) + 1
+        _page(resp, common.home_page(NAME, session, session.pop("flash", None)))
+
+
+class Account:
+    async def on_post_signin(self, req: Request, resp: Response) -> None:
+        session = req.context.session
+        name = common.clean((await _form(req)).get("username"))
+        if name is None:
+            _back(session, common.BAD_NAME)
+        session.regenerate()  # a new id at sign-in: no session fixation
+        session.user_id = name  # what store.sessions_for() and revoke_user() look up
+        common.renew_csrf_token(session)
+        _back(session, f"Signed in as {name}.")
+
+    async def on_post_signout(self, req: Request, resp: Response) -> None:
+        await _form(req)
+        _sign_out(req.context.session)
+
+
+class Cart:
+    async def on_post_add(self, req: Request, resp: Response) -> None:
+        session = req.context.session
+        item = common.clean((await _form(req)).get("item"))
+        if item is None:
+            _back(session, common.BAD_ITEM)
+        cart = session.setdefault("cart", [])
+        if len(cart) >= common.MAX_CART:
+            _back(session, common.CART_FULL)
+        cart.append(item)  # changed in place: saved all the same
+        _back(session, f"Added {item} to the cart.")
+
+    async def on_post_remove(self, req: Request, resp: Response) -> None:
+        session = req.context.session
+        item = (await _form(req)).get("item")
+        cart = session.get("cart", [])
+        if item not in cart:
+            _back(session, "That item was not in the cart.")
+        cart.remove(item)
+        _back(session, f"Removed {item} from the cart.")
+
+
+class Sessions:
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+
+    async def on_get(self, req: Request, resp: Response) -> None:
+        session = req.context.session
+        listed = await self.store.asessions_for(_user(session))
+        _page(resp, common.sessions_page(NAME, session, listed, session.pop("flash", None)))
+
+    async def on_post_revoke(self, req: Request, resp: Response) -> None:
+        session = req.context.session
+        handle = (await _form(req)).get("handle")
+        user = _user(session)
+        if handle == session.handle:
+            _sign_out(session)
+        # user_id=: a user can only ever sign out sessions of their own.
+        revoked = isinstance(handle, str) and await self.store.arevoke(handle, user_id=user)
+        _back(session, common.REVOKED if revoked else common.GONE, "/sessions")
+
+    async def on_post_revoke_others(self, req: Request, resp: Response) -> None:
+        session = req.context.session
+        await _form(req)
+        count = await self.store.arevoke_user(_user(session), keep=session)
+        _back(session, f"Signed out {count} other session(s).", "/sessions")
+
+
+def _page(resp: Response, page: str) -> None:
+    resp.content_type = falcon.MEDIA_HTML
+    resp.text = page
+    for name, value in common.HEADERS:
+        resp.set_header(name, value)
+
+
+def _error_page(req: Any, resp: Any, error: falcon.HTTPError) -> None:
+    _page(resp, common.error_page(NAME, error.title or str(error.status),
+                                  error.description or error.title or ""))
+
+
+async def _form(req: Request) -> dict[str, Any]:
+    """Return the POSTed form if it carries the session's CSRF token, or answer 403."""
+    form = await req.get_media(default_when_empty={})
+    if not isinstance(form, dict) or not common.csrf_valid(req.context.session,
+                                                           form.get("csrf")):
+        raise falcon.HTTPForbidden(description=common.CSRF_FAILED)
+    return form
+
+
+def _back(session: Session, message: str, to: str = "/") -> NoReturn:
+    """Redirect (303) to ``to``, which shows ``message`` once."""
+    session["flash"] = message
+    raise falcon.HTTPSeeOther(to)  # the middleware saves the session
+
+
+def _user(session: Session) -> str:
+    if session.user_id is None:
+        _back(session, common.SIGN_IN_FIRST)
+    return session.user_id
+
+
+def _sign_out(session: Session) -> NoReturn:
+    # invalidate() empties the session and deletes its row when the middleware saves
+    # it; the flash then starts a new, anonymous session under a new id.
+    session.invalidate()
+    _back(session, common.SIGNED_OUT)
+
+
+def make_app(store: SessionStore) -> falcon.asgi.App:
+    """Build the demo app on ``store``, whose table exists."""
+    app = falcon.asgi.App(middleware=[StoredSessionMiddleware(store)])
+    app.set_error_serializer(_error_page)
+    account, cart, sessions = Account(), Cart(), Sessions(store)
+    app.add_route("/", Home())
+    app.add_route("/signin", account, suffix="signin")
+    app.add_route("/signout", account, suffix="signout")
+    app.add_route("/cart/add", cart, suffix="add")
+    app.add_route("/cart/remove", cart, suffix="remove")
+    app.add_route("/sessions", sessions)
+    app.add_route("/sessions/revoke", sessions, suffix="revoke")
+    app.add_route("/sessions/revoke-others", sessions, suffix="revoke_others")
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Start the demo on 127.0.0.1 and serve until Ctrl-C."""
+    args = common.parse_args(NAME, 8081, argv)
+    store = common.open_store(args.database)
+    try:
+        sock = socket.create_server(("127.0.0.1", args.port))
+    except OSError as exc:
+        common.cannot_listen(args.port, exc)
+    common.announce(NAME, sock.getsockname()[1])
+    config = uvicorn.Config(make_app(store), lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn stops gracefully, then passes Ctrl-C on
+        pass
+    finally:
+        sock.close()
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
