@@ -24,6 +24,7 @@ from typing import Any
 from storedsession import SessionStore, generate_key
 from storedsession.web import SessionMiddlewareCore
 
+from . import fill as fill_module
 from . import floor as floor_module
 from . import frameworks
 
@@ -45,19 +46,12 @@ def payload(size: int) -> dict[str, Any]:
 
 def fill(store: SessionStore, floor: floor_module.Floor, count: int) -> None:
     """Add ``count`` filler rows to both tables (never read; they only make them large)."""
-    db = store.database
-    p = db.param
-    table = db.quote[0] + store.table_name + db.quote[1]
-    sql = f"INSERT INTO {table} VALUES ({p}, {p}, NULL, {p}, {p}, {p}, NULL, 1)"
     now = store.now()
-    batch = 5000
-    for start in range(0, count, batch):
-        n = min(batch, count - start)
-        handles = [os.urandom(32).hex() for _ in range(n)]
-        blob = os.urandom(1100)
-        with store.connected(), db.atomic():
-            db.cursor().executemany(sql, [(h, blob, now, now, now + 10**9) for h in handles])
-        floor.cursor.executemany(floor.insert, [(h, blob, now + 10**9) for h in handles])
+    with store.connected():
+        fill_module.fill(store.database, store.table_name, count, library=True,
+                         expires=now + 10**9, created=now)
+        fill_module.fill(store.database, floor.table, count, library=False,
+                         expires=now + 10**9, created=now)
 
 
 def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

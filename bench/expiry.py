@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import subprocess
@@ -13,6 +12,8 @@ import uuid
 from typing import Any
 
 from storedsession import SessionStore, StoredSessionError, generate_key
+
+from .fill import fill
 
 LIVE = 200
 
@@ -52,21 +53,14 @@ def sweep_under_load(url: str, rows: int) -> dict[str, Any]:
             session["n"] = 0
             store.save(session)
             public_ids.append(session.id)
-        db, p = store.database, store.database.param
+        db = store.database
         quoted = db.quote[0] + table + db.quote[1]
-        sql = f"INSERT INTO {quoted} VALUES ({p}, {p}, NULL, {p}, {p}, {p}, NULL, 1)"
         now = store.now()
         expired = (rows - LIVE) // 2
-        blob = os.urandom(1100)
-        for start in range(0, rows - LIVE, 5000):
-            n = min(5000, rows - LIVE - start)
-            batch = []
-            for k in range(n):
-                past = start + k < expired
-                expires = now - 60_000 if past else now + 10**9
-                batch.append((os.urandom(32).hex(), blob, now - 10**6, now - 10**6, expires))
-            with store.connected(), db.atomic():
-                db.cursor().executemany(sql, batch)
+        with store.connected():
+            fill(db, table, expired, library=True, expires=now - 60_000, created=now - 10**6)
+            fill(db, table, rows - LIVE - expired, library=True, expires=now + 10**9,
+                 created=now - 10**6)
 
         calm: list[float] = []
         errors: list[str] = []
