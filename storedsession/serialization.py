@@ -11,15 +11,14 @@ from .exceptions import SerializationError
 #: How deeply containers may nest inside a session value (the session itself not counted).
 MAX_DEPTH = 64
 
-_SCALARS = (str, int, bool, type(None))
+_SCALARS = frozenset((str, int, bool, type(None)))
+_CONTAINERS = frozenset((dict, list))
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _decode = json.JSONDecoder().decode
 
 
-def _check(value: Any, key: str, depth: int) -> None:
-    kind = type(value)
-    if kind in _SCALARS:
-        return
+def _scalar(value: Any, kind: type, key: str) -> None:
+    """Check a value that is not a container (the caller has ruled out str, int, bool, None)."""
     if kind is float:
         if not math.isfinite(value):
             raise SerializationError(
@@ -28,28 +27,38 @@ def _check(value: Any, key: str, depth: int) -> None:
                 key,
             )
         return
+    raise SerializationError(
+        f"Session key {key!r} holds a {kind.__name__}, which JSON cannot hold as it is. "
+        "Store str, int, float, bool, None, list or dict values.",
+        key,
+    )
+
+
+def _check(value: Any, key: str, depth: int) -> None:
+    """Check a container and everything in it (scalars inline: this runs on every save)."""
     if depth >= MAX_DEPTH:
         raise SerializationError(
             f"Session key {key!r} nests containers more than {MAX_DEPTH} levels deep.", key
         )
-    if kind is list:
-        for item in value:
-            _check(item, key, depth + 1)
-    elif kind is dict:
-        for name, item in value.items():
+    if type(value) is dict:
+        for name in value:
             if type(name) is not str:
                 raise SerializationError(
                     f"Session key {key!r} holds a dict with a {type(name).__name__} key; "
                     "JSON objects take string keys only.",
                     key,
                 )
-            _check(item, key, depth + 1)
+        items = value.values()
     else:
-        raise SerializationError(
-            f"Session key {key!r} holds a {kind.__name__}, which JSON cannot hold as it is. "
-            "Store str, int, float, bool, None, list or dict values.",
-            key,
-        )
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind in _CONTAINERS:
+            _check(item, key, depth + 1)
+        else:
+            _scalar(item, kind, key)
 
 
 def dumps(data: dict[str, Any]) -> bytes:
@@ -59,7 +68,13 @@ def dumps(data: dict[str, Any]) -> bytes:
             raise SerializationError(
                 f"Session keys must be strings, not {type(key).__name__}.", None
             )
-        _check(value, key, 0)
+        kind = type(value)
+        if kind in _SCALARS:
+            continue
+        if kind in _CONTAINERS:
+            _check(value, key, 0)
+        else:
+            _scalar(value, kind, key)
     return _encode(data).encode("utf-8", "surrogatepass")
 
 

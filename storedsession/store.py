@@ -381,9 +381,14 @@ class SessionStore:
         handle = session._handle
         assert handle is not None and session._created is not None
         expires = self._expiry(session._created, now, session._idle)
-        params = (self.envelope.seal(plaintext, handle), session._user_id, now, expires,
-                  session._idle, handle, session._version)
-        if self.database.execute_sql(self._sql.update, params).rowcount != 1:
+        sealed = self.envelope.seal(plaintext, handle)
+        params: tuple[Any, ...]
+        if session._user_id != session._loaded_user_id or session._idle != session._loaded_idle:
+            sql, params = self._sql.update, (sealed, session._user_id, now, expires,
+                                             session._idle, handle, session._version)
+        else:
+            sql, params = self._sql.update_data, (sealed, now, expires, handle, session._version)
+        if self.database.execute_sql(sql, params).rowcount != 1:
             raise _Conflict
         session._version += 1
         session._last_seen, session._expires, session._loaded = now, expires, plaintext
