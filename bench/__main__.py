@@ -283,13 +283,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.expiry:
                 url = URLS[backend].format(tmp=tmp)
                 report["expiry"][backend] = expiry.sweep_under_load(url, args.expiry)
+            _write(report, args.json)  # after each backend: a failure later keeps these
     print_table(report)
     if args.json:
-        path = Path(args.json)
+        print(f"\nwritten to {args.json}")
+    return 0
+
+
+def _write(report: dict[str, Any], where: str) -> None:
+    if where:
+        path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"\nwritten to {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def _rows(database: peewee.Database, count: int) -> tuple[str, str, str]:
                   f"WHERE x < {count}) SELECT x FROM n)")
         return source, "lower(hex(randomblob(32)))", "randomblob(1100)"
     if is_mysql(database):
-        return (f"seq_1_to_{count}", "SHA2(CONCAT(RAND(), seq), 256)",
+        return (f"seq_1_to_{count}", "LOWER(HEX(RANDOM_BYTES(32)))",
                 "CONCAT(RANDOM_BYTES(1024), RANDOM_BYTES(76))")
     return (f"generate_series(1, {count}) AS g",
             "md5(random()::text || g) || md5(random()::text || g)",
