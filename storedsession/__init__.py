@@ -11,7 +11,9 @@ from .exceptions import (
 )
 from .keys import generate_key
 from .session import Session
-from .store import Outcome, SessionInfo, SessionStore
+from .store import SessionStore
+from .users import SessionInfo
+from .writes import Outcome
 
 __version__ = "0.1.0"
 

@@ -19,12 +19,14 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .exceptions import ConfigurationError
 from .keys import Key
 
 FORMAT_VERSION = 1
@@ -134,3 +136,15 @@ class Envelope:
             self._cache[header] = aead
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)  # the oldest salt first
+
+
+class NoKeys:
+    """The envelope of a store built by :meth:`SessionStore.without_keys`: it refuses."""
+
+    def _refuse(self, *args: object) -> NoReturn:
+        raise ConfigurationError(
+            "This store was built without keys, for the chores that never read a payload "
+            "(create_table, expire, count_expired); reading or writing sessions needs keys."
+        )
+
+    seal = open = needs_rotation = _refuse

@@ -25,7 +25,8 @@ import peewee
 from . import ids
 from .exceptions import ConfigurationError, SessionInterrupted, StoreUnavailable
 from .session import Session
-from .store import Outcome, SessionStore
+from .store import SessionStore
+from .writes import Outcome
 
 security_log = logging.getLogger("storedsession.security")
 

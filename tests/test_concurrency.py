@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from storedsession import SessionInterrupted, SessionStore, StoreUnavailable
-from storedsession import store as store_module
+from storedsession import writes as writes_module
 
 from .support import fetch_rows, stored
 
@@ -103,7 +103,7 @@ def test_regenerate_merges_a_concurrent_change(store: SessionStore) -> None:
 
 
 def test_persistent_conflict_raises_instead_of_dropping(store, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "MAX_CONFLICT_RETRIES", 0)
+    monkeypatch.setattr(writes_module, "MAX_CONFLICT_RETRIES", 0)
     sid = stored(store, n=0)
     winner, loser = store.load(sid), store.load(sid)
     winner["n"] = 1
@@ -178,3 +178,15 @@ def test_eight_threads_racing_a_delete(make_store) -> None:
         thread.join()
     assert unexpected == []
     assert fetch_rows(store) == []  # never re-created, never duplicated
+
+
+def test_reapply_rules() -> None:
+    from storedsession.merge import reapply
+
+    base = {"same": 1, "mine": 1, "gone_there": 1, "gone_here": 1, "num": 1}
+    ours = {"same": 1, "mine": 2, "gone_there": 2, "num": 1.0, "added": 1}
+    theirs = {"same": 1, "mine": 1, "gone_here": 1, "num": 1, "theirs": 1}
+    assert reapply(base, ours, theirs) == {
+        "same": 1, "mine": 2, "num": 1.0, "added": 1, "theirs": 1,
+    }
+    assert type(reapply(base, ours, theirs)["num"]) is float  # 1 -> 1.0 is a change

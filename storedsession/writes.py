@@ -1,0 +1,257 @@
+"""How a save lands: one INSERT or one versioned UPDATE, a merge when another request
+saved first, a new id at login, a throttled "last seen" otherwise."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+import peewee
+
+from . import ids, serialization, signals
+from .aio import offload
+from .crypto import DecryptionFailed
+from .database import is_sqlite
+from .exceptions import SessionInterrupted, SessionTooLarge, StoreUnavailable
+from .merge import reapply
+from .session import Session
+
+if TYPE_CHECKING:
+    from .crypto import Envelope, NoKeys
+    from .database import Connector
+    from .sql import Statements
+
+security_log = logging.getLogger("storedsession.security")
+
+#: How often a save re-reads and re-applies its changes after losing a race.
+MAX_CONFLICT_RETRIES = 16
+#: How often a freshly drawn id is redrawn when it is taken (never, in practice).
+MAX_ID_DRAWS = 4
+
+
+class Outcome(Enum):
+    """What :meth:`SessionStore.save` did, which tells the web layer what cookie to send."""
+
+    NOTHING = "nothing"  #: nothing written; send no cookie
+    TOUCHED = "touched"  #: "last seen" moved; refresh the cookie
+    WRITTEN = "written"  #: inserted or updated; send the cookie
+    DELETED = "deleted"  #: the session is gone; send a deletion cookie
+
+
+_STORED_STATE = (
+    "_public_id", "_handle", "_version", "_created", "_last_seen", "_expires", "_loaded",
+    "_loaded_user_id", "_loaded_idle", "_regenerate",
+)
+
+
+class _Conflict(Exception):
+    """Internal: a versioned write matched no row."""
+
+
+class SessionWrites:
+    """The writing half of :class:`~storedsession.SessionStore`."""
+
+    if TYPE_CHECKING:
+        database: peewee.Database
+        envelope: Envelope | NoKeys
+        max_size: int
+        _connection: Connector
+        _sql: Statements
+        _touch_ms: int
+
+        def now(self) -> int: ...
+        def _expiry(self, created: int, last_seen: int,
+                    session_idle: int | None) -> int | None: ...
+        def _check_packet(self) -> None: ...
+        def _delete_handles(self, handles: Sequence[str]) -> int: ...
+        def delete(self, session: Session) -> None: ...
+
+    def _plaintext(self, session: Session) -> bytes:
+        plaintext = serialization.dumps(session._data)
+        if len(plaintext) > self.max_size:
+            raise SessionTooLarge(len(plaintext), self.max_size)
+        return plaintext
+
+    def save(self, session: Session) -> Outcome:
+        """Write what changed in ``session``, in as few queries as possible.
+
+        A new empty session writes nothing; an unchanged one only moves "last seen" once
+        per ``touch_interval``; a changed one is one versioned ``UPDATE`` (one ``INSERT``
+        when new). Raises :class:`SessionInterrupted` when the session was deleted
+        meanwhile, and never re-creates it.
+        """
+        if session.new:
+            if not session._data and session._user_id is None:
+                if session._doomed is None:
+                    return Outcome.NOTHING
+                self.delete(session)
+                return Outcome.DELETED
+            plaintext = self._plaintext(session)
+            with self._connection():
+                self._check_packet()
+                if session._doomed is None:
+                    self._insert(session, plaintext)
+                else:
+                    with self._transaction():
+                        self._delete_handles([session._doomed])
+                        self._insert(session, plaintext)
+                    session._doomed = None
+            return Outcome.WRITTEN
+        metadata_changed = (session._user_id != session._loaded_user_id
+                            or session._idle != session._loaded_idle)
+        if session._regenerate or metadata_changed or session._dirty or session._exposed:
+            # Serialize once: the same bytes tell whether anything changed and get written.
+            plaintext = self._plaintext(session)
+            if session._regenerate:
+                self._write(session, plaintext, self._regenerate_once)
+                return Outcome.WRITTEN
+            if metadata_changed or plaintext != session._loaded:
+                self._write(session, plaintext, self._update_once)
+                return Outcome.WRITTEN
+        return self._touch(session)
+
+    def _transaction(self) -> Any:
+        if is_sqlite(self.database):
+            # Take the write lock up front, so the busy timeout applies to it.
+            return self.database.atomic("IMMEDIATE")
+        return self.database.atomic()
+
+    def _insert(self, session: Session, plaintext: bytes) -> None:
+        """Insert the session under a freshly drawn id, then let it take that id."""
+        now = self.now()
+        created = session._created if session._created is not None else now
+        expires = self._expiry(created, now, session._idle)
+        for _ in range(MAX_ID_DRAWS):
+            public_id = ids.new_public_id()
+            handle = ids.handle_for(public_id)
+            params = (handle, self.envelope.seal(plaintext, handle), session._user_id,
+                      created, now, expires, session._idle)
+            try:
+                cursor = self.database.execute_sql(self._sql.insert, params)
+            except peewee.IntegrityError:
+                if self._sql.insert_ignores_conflict:
+                    raise
+                continue  # MySQL: the id is taken; this statement alone failed
+            if cursor.rowcount == 1:
+                break
+            # 0 rows: ON CONFLICT DO NOTHING met a stored id; never write over it
+        else:
+            raise StoreUnavailable("Could not draw an unused session id; try again.")
+        session._public_id, session._handle, session._version = public_id, handle, 1
+        session._created, session._last_seen, session._expires = created, now, expires
+        session._loaded, session._regenerate = plaintext, False
+        session._loaded_user_id, session._loaded_idle = session._user_id, session._idle
+        if signals.session_write.receivers:
+            signals.session_write.send(self, sid=handle)
+
+    def _write(self, session: Session, plaintext: bytes,
+               attempt: Callable[[Session, bytes], None]) -> None:
+        with self._connection():
+            self._check_packet()
+            try:
+                attempt(session, plaintext)
+                return
+            except _Conflict:
+                pass
+            # Lost a race: re-read and re-apply under a row lock, so that no other writer
+            # can move the version before this one writes (optimistic retries alone
+            # starve a request when several write the same session at once).
+            for tries in range(MAX_CONFLICT_RETRIES):
+                try:
+                    with self._transaction():
+                        plaintext = self._merge_latest(session, lock=True)
+                        attempt(session, plaintext)
+                    return
+                except _Conflict:
+                    time.sleep(random.uniform(0, 0.002 * (tries + 1)))  # noqa: S311 - jitter
+        raise StoreUnavailable(
+            "The session kept changing under this request and could not be saved; "
+            "try again."
+        )
+
+    def _update_once(self, session: Session, plaintext: bytes) -> None:
+        now = self.now()
+        handle = session._handle
+        assert handle is not None and session._created is not None
+        expires = self._expiry(session._created, now, session._idle)
+        sealed = self.envelope.seal(plaintext, handle)
+        params: tuple[Any, ...]
+        if session._user_id != session._loaded_user_id or session._idle != session._loaded_idle:
+            sql, params = self._sql.update, (sealed, session._user_id, now, expires,
+                                             session._idle, handle, session._version)
+        else:
+            sql, params = self._sql.update_data, (sealed, now, expires, handle, session._version)
+        if self.database.execute_sql(sql, params).rowcount != 1:
+            raise _Conflict
+        session._version += 1
+        session._last_seen, session._expires, session._loaded = now, expires, plaintext
+        session._loaded_user_id, session._loaded_idle = session._user_id, session._idle
+        if signals.session_write.receivers:
+            signals.session_write.send(self, sid=handle)
+
+    def _regenerate_once(self, session: Session, plaintext: bytes) -> None:
+        old = {name: getattr(session, name) for name in _STORED_STATE}
+        try:
+            with self._transaction():
+                self._insert(session, plaintext)
+                cursor = self.database.execute_sql(
+                    self._sql.delete_version, (old["_handle"], old["_version"]))
+                if cursor.rowcount != 1:
+                    raise _Conflict
+        except BaseException:
+            for name, value in old.items():  # rolled back: the old row is still ours
+                setattr(session, name, value)
+            raise
+        if signals.session_delete.receivers:
+            signals.session_delete.send(self, sid=old["_handle"])
+
+    def _merge_latest(self, session: Session, lock: bool = False) -> bytes:
+        """Re-read a session that another request saved first and re-apply our changes.
+
+        With ``lock``, the row stays locked until the caller's transaction ends.
+        """
+        handle = session._handle
+        assert handle is not None and session._loaded is not None
+        sql = self._sql.select_for_update if lock else self._sql.select
+        row = self.database.execute_sql(sql, (handle,)).fetchone()
+        if row is None:
+            security_log.warning("Blocked a save that would have resurrected a deleted session.")
+            raise SessionInterrupted()
+        mine_user, mine_idle = session._user_id, session._idle
+        user_changed = mine_user != session._loaded_user_id
+        idle_changed = mine_idle != session._loaded_idle
+        try:
+            latest_plain = self.envelope.open(bytes(row[0]), handle)
+            theirs = serialization.loads(latest_plain)
+        except (DecryptionFailed, ValueError):
+            raise StoreUnavailable(
+                "The session was changed by another request in a form this store cannot "
+                "read (check the keys); nothing was saved."
+            ) from None
+        merged = reapply(serialization.loads(session._loaded), session._data, theirs)
+        _, user_id, created, last_seen, expires, idle, version = row
+        session._data = merged
+        session._loaded = latest_plain
+        session._version = version
+        session._created, session._last_seen, session._expires = created, last_seen, expires
+        session._loaded_user_id, session._loaded_idle = user_id, idle
+        session._user_id = mine_user if user_changed else user_id
+        session._idle = mine_idle if idle_changed else idle
+        return self._plaintext(session)
+
+    def _touch(self, session: Session) -> Outcome:
+        now = self.now()
+        assert session._last_seen is not None and session._created is not None
+        if now - session._last_seen < self._touch_ms:
+            return Outcome.NOTHING
+        expires = self._expiry(session._created, now, session._idle)
+        if self._connection.rowcount(self._sql.touch, (now, expires, session._handle)) != 1:
+            return Outcome.NOTHING  # deleted meanwhile: nothing to refresh
+        session._last_seen, session._expires = now, expires
+        return Outcome.TOUCHED
+
+    asave = offload(save)
