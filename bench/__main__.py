@@ -240,9 +240,14 @@ def print_table(report: dict[str, Any]) -> None:
     if report.get("expiry"):
         for backend, sweep in report["expiry"].items():
             print(f"{backend:9} expiry sweep of {sweep['rows']:,} rows ({sweep['expired']:,} "
-                  f"expired) in {sweep['seconds']:.1f} s, exit {sweep['exit_code']}: request "
-                  f"p99 {sweep['p99_ms_without']:.2f} ms without, {sweep['p99_ms_during']:.2f} "
-                  f"ms during ({sweep['p99_factor']:.2f}x), errors {sweep['errors']}")
+                  f"expired) in {sweep['seconds']:.1f} s, exit {sweep['exit_code']}, "
+                  f"{sweep['errors']} request errors; request p99 "
+                  f"{sweep['p99_ms_without']:.2f} ms without, {sweep['p99_ms_during']:.2f} ms "
+                  f"during ({sweep['p99_factor']:.2f}x)")
+            calm, busy = sweep.get("p99_ms_without_by_kind"), sweep.get("p99_ms_during_by_kind")
+            if calm and busy:
+                print(f"{'':9} reads {calm['read']:.2f} -> {busy['read']:.2f} ms, "
+                      f"writes {calm['write']:.2f} -> {busy['write']:.2f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,9 @@ from .store import SessionStore
 DATABASE_ENV = "STOREDSESSION_DATABASE_URL"
 #: Seconds between two batches of a sweep or a rotation, leaving room for live traffic.
 PAUSE = 0.05
+#: A sweep's time budget per batch: longer batches are halved, so that no DELETE holds
+#: the table's locks for long (SQLite has one writer at a time).
+BATCH_SECONDS = 0.01
 
 # Failures are reported once, as one line on stderr: without a handler, logging's
 # last-resort one would print the library's own record of the same failure above it.
@@ -193,7 +196,8 @@ def expire(target: Target, batch_size: int, dry_run: bool) -> None:
         click.echo(f"Would expire {store.count_expired()} sessions.")
         return
     with _progress("Expiring sessions", store.count_expired) as progress:
-        count = store.expire(batch_size, pause=PAUSE, progress=progress)
+        count = store.expire(batch_size, pause=PAUSE, batch_seconds=BATCH_SECONDS,
+                             progress=progress)
     click.echo(f"Expired {count} sessions." if count else "No sessions to expire.")
 
 

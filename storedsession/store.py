@@ -224,28 +224,39 @@ class SessionStore(SessionWrites, UserSessions):
         session._invalidated = True
 
     def expire(self, batch_size: int = 1000, *, pause: float = 0.0,
+               batch_seconds: float | None = None,
                progress: Callable[[int], None] | None = None) -> int:
-        """Delete expired sessions in batches of ``batch_size`` and return how many.
+        """Delete expired sessions in batches of at most ``batch_size``; return how many.
 
         Rows are chosen by their stored expiry through its index, against the time the
         sweep began, so a session used during the sweep is never deleted. ``pause``
-        seconds pass between batches, leaving room for live traffic.
+        seconds pass between batches, leaving room for live traffic. With
+        ``batch_seconds``, a batch that took longer halves the next one and a batch that
+        took under a quarter of it doubles the next (up to ``batch_size``), so that no
+        statement holds the table's locks for long (SQLite writes one at a time).
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError("batch_size must be a positive whole number.")
         cutoff = self.now()
-        total = 0
-        while True:
-            with self._connection():
-                deleted = self.database.execute_sql(
-                    self._sql.expire_batch, (cutoff, batch_size)).rowcount
-            if deleted <= 0:
-                break
-            total += deleted
-            if progress is not None:
-                progress(deleted)
-            if pause:
-                time.sleep(pause)
+        total, size = 0, batch_size
+        with self._connection():  # one connection for the sweep, not one per batch
+            while True:
+                started = time.monotonic()
+                deleted = self.database.execute_sql(self._sql.expire_batch,
+                                                    (cutoff, size)).rowcount
+                took = time.monotonic() - started
+                if deleted <= 0:
+                    break
+                total += deleted
+                if progress is not None:
+                    progress(deleted)
+                if batch_seconds:
+                    if took > batch_seconds:
+                        size = max(1, size // 2)
+                    elif took < batch_seconds / 4:
+                        size = min(batch_size, size * 2)
+                if pause:
+                    time.sleep(pause)
         if signals.sessions_expired.receivers:
             signals.sessions_expired.send(self, count=total)
         return total

@@ -172,3 +172,15 @@ def test_same_answer_in_any_timezone(make_store, clock, monkeypatch) -> None:
         assert session.created_at == clock.now
     monkeypatch.undo()
     time.tzset()
+
+
+def test_expire_shrinks_batches_that_take_too_long(make_store, clock) -> None:
+    store = make_store(idle_timeout=60)
+    for _ in range(20):
+        stored(store)
+    clock.advance(61)
+    batches: list[int] = []
+    # Every batch takes longer than a nanosecond: each halves the next, down to 1.
+    assert store.expire(batch_size=8, batch_seconds=1e-9, progress=batches.append) == 20
+    assert batches == [8, 4, 2, 1, 1, 1, 1, 1, 1]
+    assert store.count_expired() == 0
