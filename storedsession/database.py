@@ -16,6 +16,7 @@ from playhouse import db_url
 from playhouse.pool import MaxConnectionsExceeded
 
 from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
+from .pools import POOLS
 
 security_log = logging.getLogger("storedsession.security")
 
@@ -54,7 +55,13 @@ def open_database(database: str | peewee.Database) -> tuple[peewee.Database, boo
     if scheme.startswith("sqlite"):
         extra = {"pragmas": SQLITE_PRAGMAS, "timeout": SQLITE_TIMEOUT}
     try:
-        db = db_url.connect(database, unquote_password=True, unquote_user=True, **extra)
+        if scheme in POOLS:
+            params = db_url.parse(database, unquote_password=True, unquote_user=True)
+            if not params.get("database"):
+                raise ValueError("no database name")
+            db = POOLS[scheme](**params)
+        else:
+            db = db_url.connect(database, unquote_password=True, unquote_user=True, **extra)
     except Exception:
         # db_url's own messages quote the whole URL, password included.
         raise ConfigurationError(

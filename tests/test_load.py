@@ -45,7 +45,7 @@ STORM = 50  # concurrent requests on one session, each changing its own key
 ROUNDS = 3  # requests per storm thread
 POOL = 40  # the app's pool (max_connections), well under the servers' limits
 WSGI_THREADS = 16  # waitress worker threads: at most this many pooled connections
-TIMEOUT = 30.0  # seconds: any one socket operation, and the whole of one load
+TIMEOUT = 120.0  # seconds: any one socket operation, and the whole of one load
 
 
 # -- what the clients do, the same for both apps ------------------------------------------
