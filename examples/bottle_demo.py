@@ -49,7 +49,7 @@ def make_app(store: SessionStore) -> bottle.Bottle:
     @app.post("/signout")
     def sign_out(session: Session) -> None:
         _form(session)
-        _sign_out(session)
+        common.sign_out(session, _back)
 
     @app.post("/cart/add")
     def cart_add(session: Session) -> None:
@@ -73,15 +73,15 @@ def make_app(store: SessionStore) -> bottle.Bottle:
 
     @app.get("/sessions")
     def sessions(session: Session) -> str:
-        listed = store.sessions_for(_user(session))
+        listed = store.sessions_for(common.signed_in_user(session, _back))
         return _page(common.sessions_page(NAME, session, listed, session.pop("flash", None)))
 
     @app.post("/sessions/revoke")
     def revoke(session: Session) -> None:
         handle = _form(session).getunicode("handle")
-        user = _user(session)
+        user = common.signed_in_user(session, _back)
         if handle == session.handle:
-            _sign_out(session)
+            common.sign_out(session, _back)
         # user_id=: a user can only ever sign out sessions of their own.
         revoked = isinstance(handle, str) and store.revoke(handle, user_id=user)
         _back(session, common.REVOKED if revoked else common.GONE, "/sessions")
@@ -89,7 +89,7 @@ def make_app(store: SessionStore) -> bottle.Bottle:
     @app.post("/sessions/revoke-others")
     def revoke_others(session: Session) -> None:
         _form(session)
-        count = store.revoke_user(_user(session), keep=session)
+        count = store.revoke_user(common.signed_in_user(session, _back), keep=session)
         _back(session, f"Signed out {count} other session(s).", "/sessions")
 
     @app.error(403)
@@ -121,17 +121,6 @@ def _back(session: Session, message: str, to: str = "/") -> NoReturn:
     raise bottle.HTTPResponse(status=303, Location=to)  # the plugin saves the session
 
 
-def _user(session: Session) -> str:
-    if session.user_id is None:
-        _back(session, common.SIGN_IN_FIRST)
-    return session.user_id
-
-
-def _sign_out(session: Session) -> NoReturn:
-    # invalidate() empties the session and deletes its row when the plugin saves it;
-    # the flash then starts a new, anonymous session under a new id.
-    session.invalidate()
-    _back(session, common.SIGNED_OUT)
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):

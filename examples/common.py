@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
@@ -38,6 +38,27 @@ BAD_ITEM = f"Enter an item of 1 to {MAX_TEXT} characters."
 CART_FULL = f"The cart holds {MAX_CART} items at most."
 SIGNED_OUT = "You are signed out."
 SIGN_IN_FIRST = "Sign in to see your sessions."
+
+#: How a demo sends the browser back with a one-time message: it raises its framework's
+#: redirect, after which the adapter still saves the session (any status below 500).
+Back = Callable[[Session, str], NoReturn]
+
+
+def signed_in_user(session: Session, back: Back) -> str:
+    """Return the signed-in user, or send the visitor back to sign in first."""
+    if session.user_id is None:
+        back(session, SIGN_IN_FIRST)
+    return session.user_id
+
+
+def sign_out(session: Session, back: Back) -> NoReturn:
+    """End the session and say so.
+
+    invalidate() empties the session and deletes its row when the adapter saves it; the
+    message then starts a new, anonymous session under a new id.
+    """
+    session.invalidate()
+    back(session, SIGNED_OUT)
 REVOKED = "That session is signed out."
 GONE = "That session had ended already."
 CSRF_FAILED = ("This form was not sent by a page of this site, or it has expired, so "

@@ -47,7 +47,7 @@ class Account:
 
     async def on_post_signout(self, req: Request, resp: Response) -> None:
         await _form(req)
-        _sign_out(req.context.session)
+        common.sign_out(req.context.session, _back)
 
 
 class Cart:
@@ -78,15 +78,15 @@ class Sessions:
 
     async def on_get(self, req: Request, resp: Response) -> None:
         session = req.context.session
-        listed = await self.store.asessions_for(_user(session))
+        listed = await self.store.asessions_for(common.signed_in_user(session, _back))
         _page(resp, common.sessions_page(NAME, session, listed, session.pop("flash", None)))
 
     async def on_post_revoke(self, req: Request, resp: Response) -> None:
         session = req.context.session
         handle = (await _form(req)).get("handle")
-        user = _user(session)
+        user = common.signed_in_user(session, _back)
         if handle == session.handle:
-            _sign_out(session)
+            common.sign_out(session, _back)
         # user_id=: a user can only ever sign out sessions of their own.
         revoked = isinstance(handle, str) and await self.store.arevoke(handle, user_id=user)
         _back(session, common.REVOKED if revoked else common.GONE, "/sessions")
@@ -94,7 +94,7 @@ class Sessions:
     async def on_post_revoke_others(self, req: Request, resp: Response) -> None:
         session = req.context.session
         await _form(req)
-        count = await self.store.arevoke_user(_user(session), keep=session)
+        count = await self.store.arevoke_user(common.signed_in_user(session, _back), keep=session)
         _back(session, f"Signed out {count} other session(s).", "/sessions")
 
 
@@ -125,17 +125,6 @@ def _back(session: Session, message: str, to: str = "/") -> NoReturn:
     raise falcon.HTTPSeeOther(to)  # the middleware saves the session
 
 
-def _user(session: Session) -> str:
-    if session.user_id is None:
-        _back(session, common.SIGN_IN_FIRST)
-    return session.user_id
-
-
-def _sign_out(session: Session) -> NoReturn:
-    # invalidate() empties the session and deletes its row when the middleware saves
-    # it; the flash then starts a new, anonymous session under a new id.
-    session.invalidate()
-    _back(session, common.SIGNED_OUT)
 
 
 def make_app(store: SessionStore) -> falcon.asgi.App:
