@@ -53,23 +53,11 @@ def make_app(store: SessionStore) -> bottle.Bottle:
 
     @app.post("/cart/add")
     def cart_add(session: Session) -> None:
-        item = common.clean(_form(session).getunicode("item"))
-        if item is None:
-            _back(session, common.BAD_ITEM)
-        cart = session.setdefault("cart", [])
-        if len(cart) >= common.MAX_CART:
-            _back(session, common.CART_FULL)
-        cart.append(item)  # changed in place: saved all the same
-        _back(session, f"Added {item} to the cart.")
+        common.add_to_cart(session, _form(session).getunicode("item"), _back)
 
     @app.post("/cart/remove")
     def cart_remove(session: Session) -> None:
-        item = _form(session).getunicode("item")
-        cart = session.get("cart", [])
-        if item not in cart:
-            _back(session, "That item was not in the cart.")
-        cart.remove(item)
-        _back(session, f"Removed {item} from the cart.")
+        common.remove_from_cart(session, _form(session).getunicode("item"), _back)
 
     @app.get("/sessions")
     def sessions(session: Session) -> str:

@@ -51,6 +51,27 @@ def signed_in_user(session: Session, back: Back) -> str:
     return session.user_id
 
 
+def add_to_cart(session: Session, text: str | None, back: Back) -> NoReturn:
+    """Put an item in the session's cart (changed in place: saved all the same)."""
+    item = clean(text)
+    if item is None:
+        back(session, BAD_ITEM)
+    cart = session.setdefault("cart", [])
+    if len(cart) >= MAX_CART:
+        back(session, CART_FULL)
+    cart.append(item)
+    back(session, f"Added {item} to the cart.")
+
+
+def remove_from_cart(session: Session, item: str | None, back: Back) -> NoReturn:
+    """Take an item out of the session's cart."""
+    cart = session.get("cart", [])
+    if item not in cart:
+        back(session, "That item was not in the cart.")
+    cart.remove(item)
+    back(session, f"Removed {item} from the cart.")
+
+
 def sign_out(session: Session, back: Back) -> NoReturn:
     """End the session and say so.
 

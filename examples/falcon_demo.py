@@ -52,24 +52,12 @@ class Account:
 
 class Cart:
     async def on_post_add(self, req: Request, resp: Response) -> None:
-        session = req.context.session
-        item = common.clean((await _form(req)).get("item"))
-        if item is None:
-            _back(session, common.BAD_ITEM)
-        cart = session.setdefault("cart", [])
-        if len(cart) >= common.MAX_CART:
-            _back(session, common.CART_FULL)
-        cart.append(item)  # changed in place: saved all the same
-        _back(session, f"Added {item} to the cart.")
+        item = (await _form(req)).get("item")
+        common.add_to_cart(req.context.session, item, _back)
 
     async def on_post_remove(self, req: Request, resp: Response) -> None:
-        session = req.context.session
         item = (await _form(req)).get("item")
-        cart = session.get("cart", [])
-        if item not in cart:
-            _back(session, "That item was not in the cart.")
-        cart.remove(item)
-        _back(session, f"Removed {item} from the cart.")
+        common.remove_from_cart(req.context.session, item, _back)
 
 
 class Sessions:
