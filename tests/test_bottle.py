@@ -15,7 +15,7 @@ from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.web import ENVIRON_KEY
 
 from .support import fetch_rows
-from .wire import HOSTILE, Reply, SlowRequest, wsgi_call
+from .wire import HOSTILE, Reply, SlowRequest, assert_custom_cookie, wsgi_call
 
 
 @pytest.fixture
@@ -237,12 +237,7 @@ def test_cookie_attributes(app, call, store, https, secure_option, secure) -> No
     install(app, store, cookie_name="sid", cookie_path="/app", cookie_domain="example.com",
             cookie_secure=secure_option, cookie_samesite="strict")
     reply = call("/count", https=https)
-    cookie = reply.cookie("sid")
-    assert cookie is not None and reply.cookie("session") is None
-    assert cookie.attrs["path"] == "/app" and cookie.attrs["domain"] == "example.com"
-    assert cookie.attrs["samesite"] == "Strict" and "httponly" in cookie.attrs
-    assert ("secure" in cookie.attrs) is secure
-    assert cookie.max_age == 14 * 86400 and "expires" in cookie.attrs
+    assert_custom_cookie(reply, secure)
 
 
 def test_forwarded_headers_never_make_the_cookie_secure(app, call, store) -> None:
