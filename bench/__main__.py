@@ -30,16 +30,23 @@ from . import frameworks
 
 URLS = {
     "sqlite": "sqlite:///{tmp}/bench.db",
-    "postgres": os.environ.get("STOREDSESSION_TEST_POSTGRES",
-                               "postgresql://postgres@127.0.0.1:5432/test"),
+    "postgres": os.environ.get(
+        "STOREDSESSION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+    ),
     "mysql": os.environ.get("STOREDSESSION_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test"),
 }
 
 
 def payload(size: int) -> dict[str, Any]:
     """A session of about ``size`` bytes of JSON, shaped like a real one."""
-    data: dict[str, Any] = {"user_id": 1234, "csrf": "x" * 43, "cart": [101, 102, 103],
-                            "flash": None, "counter": 0, "prefs": {"lang": "en", "tz": "UTC"}}
+    data: dict[str, Any] = {
+        "user_id": 1234,
+        "csrf": "x" * 43,
+        "cart": [101, 102, 103],
+        "flash": None,
+        "counter": 0,
+        "prefs": {"lang": "en", "tz": "UTC"},
+    }
     data["pad"] = "p" * max(0, size - len(json.dumps(data)) - 10)
     return data
 
@@ -48,10 +55,12 @@ def fill(store: SessionStore, floor: floor_module.Floor, count: int) -> None:
     """Add ``count`` filler rows to both tables (never read; they only make them large)."""
     now = store.now()
     with store.connected():
-        fill_module.fill(store.database, store.table_name, count, library=True,
-                         expires=now + 10**9, created=now)
-        fill_module.fill(store.database, floor.table, count, library=False,
-                         expires=now + 10**9, created=now)
+        fill_module.fill(
+            store.database, store.table_name, count, library=True, expires=now + 10**9, created=now
+        )
+        fill_module.fill(
+            store.database, floor.table, count, library=False, expires=now + 10**9, created=now
+        )
 
 
 def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -87,8 +96,9 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
         floor.drop()
 
 
-def measure(store: SessionStore, floor: floor_module.Floor, public_ids: list[str],
-            args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    store: SessionStore, floor: floor_module.Floor, public_ids: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
     store.database.connect(reuse_if_open=True)  # one persistent connection, like the floor
     state = {"i": 0}
 
@@ -114,8 +124,10 @@ def measure(store: SessionStore, floor: floor_module.Floor, public_ids: list[str
         floor.write(next_id(), "counter", state["i"])
 
     contenders: dict[str, Callable[[], None]] = {
-        "floor read": floor_read, "storedsession read": lib_read,
-        "floor write": floor_write, "storedsession write": lib_write,
+        "floor read": floor_read,
+        "storedsession read": lib_read,
+        "floor write": floor_write,
+        "storedsession write": lib_write,
     }
     pairs = [("storedsession read", "floor read"), ("storedsession write", "floor write")]
     if args.frameworks:
@@ -127,8 +139,7 @@ def measure(store: SessionStore, floor: floor_module.Floor, public_ids: list[str
     finally:
         store.database.close()
     ratios = {
-        mine: [a / b for a, b in zip(rates[mine], rates[base], strict=True)]
-        for mine, base in pairs
+        mine: [a / b for a, b in zip(rates[mine], rates[base], strict=True)] for mine, base in pairs
     }
     return {
         "ops_per_second": {name: statistics.median(r) for name, r in rates.items()},
@@ -139,15 +150,16 @@ def measure(store: SessionStore, floor: floor_module.Floor, public_ids: list[str
     }
 
 
-def interleave(contenders: dict[str, Callable[[], None]], rounds: int,
-               ops: int) -> dict[str, list[float]]:
+def interleave(
+    contenders: dict[str, Callable[[], None]], rounds: int, ops: int
+) -> dict[str, list[float]]:
     names = list(contenders)
     rates: dict[str, list[float]] = {name: [] for name in names}
     for name in names:  # warm up caches, connections and the interpreter
         for _ in range(max(10, ops // 10)):
             contenders[name]()
     for round_number in range(rounds):
-        order = names[round_number % len(names):] + names[:round_number % len(names)]
+        order = names[round_number % len(names) :] + names[: round_number % len(names)]
         for name in order:
             op = contenders[name]
             start = time.perf_counter()
@@ -191,13 +203,26 @@ def server_settings(store: SessionStore) -> dict[str, Any]:
     db = store.database
     queries = {
         "sqlite": ["PRAGMA journal_mode", "PRAGMA synchronous", "PRAGMA cache_size"],
-        "postgres": ["SHOW server_version", "SHOW shared_buffers", "SHOW synchronous_commit",
-                     "SHOW fsync"],
-        "mysql": ["SELECT @@version", "SELECT @@innodb_buffer_pool_size",
-                  "SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"],
+        "postgres": [
+            "SHOW server_version",
+            "SHOW shared_buffers",
+            "SHOW synchronous_commit",
+            "SHOW fsync",
+        ],
+        "mysql": [
+            "SELECT @@version",
+            "SELECT @@innodb_buffer_pool_size",
+            "SELECT @@innodb_flush_log_at_trx_commit",
+            "SELECT @@sync_binlog",
+        ],
     }
-    kind = ("sqlite" if "Sqlite" in type(db).__name__
-            else "postgres" if "Postgres" in type(db).__name__ else "mysql")
+    kind = (
+        "sqlite"
+        if "Sqlite" in type(db).__name__
+        else "postgres"
+        if "Postgres" in type(db).__name__
+        else "mysql"
+    )
     out = {}
     with store.connected():
         for sql in queries[kind]:
@@ -214,19 +239,25 @@ def _redact(url: str) -> str:
 def print_table(report: dict[str, Any]) -> None:
     print()
     print(f"storedsession benchmark, {report['date']}, {report['machine']}")
-    print(f"payload {report['payload']} B, {report['rounds']} rounds x {report['ops']} ops, "
-          "median of per-round ratios")
+    print(
+        f"payload {report['payload']} B, {report['rounds']} rounds x {report['ops']} ops, "
+        "median of per-round ratios"
+    )
     print()
-    header = (f"{'backend':9} {'rows':>10}  {'contender':28} {'ops/s':>9} "
-              f"{'floor ops/s':>11} {'ratio':>6}")
+    header = (
+        f"{'backend':9} {'rows':>10}  {'contender':28} {'ops/s':>9} "
+        f"{'floor ops/s':>11} {'ratio':>6}"
+    )
     print(header)
     print("-" * len(header))
     for backend, result in report["backends"].items():
         for size, figures in result["sizes"].items():
             ops = figures["ops_per_second"]
             for mine, base in figures["pairs"]:
-                print(f"{backend:9} {int(size):>10,}  {mine:28} {ops[mine]:>9,.0f} "
-                      f"{ops[base]:>11,.0f} {figures['ratio_to_floor'][mine]:>6.2f}")
+                print(
+                    f"{backend:9} {int(size):>10,}  {mine:28} {ops[mine]:>9,.0f} "
+                    f"{ops[base]:>11,.0f} {figures['ratio_to_floor'][mine]:>6.2f}"
+                )
         counts = ", ".join(f"{k} {v}" for k, v in result["queries"].items())
         print(f"{backend:9} queries per request: {counts}")
     for backend, result in report["backends"].items():
@@ -235,33 +266,47 @@ def print_table(report: dict[str, Any]) -> None:
             small, large = result["sizes"][sizes[0]], result["sizes"][sizes[-1]]
             for mine, _ in small["pairs"]:
                 change = large["ratio_to_floor"][mine] / small["ratio_to_floor"][mine] - 1
-                print(f"{backend:9} scale {int(sizes[0]):,} -> {int(sizes[-1]):,} rows: "
-                      f"{mine} ratio changes {change:+.1%}")
+                print(
+                    f"{backend:9} scale {int(sizes[0]):,} -> {int(sizes[-1]):,} rows: "
+                    f"{mine} ratio changes {change:+.1%}"
+                )
     if report.get("expiry"):
         for backend, sweep in report["expiry"].items():
-            print(f"{backend:9} expiry sweep of {sweep['rows']:,} rows ({sweep['expired']:,} "
-                  f"expired) in {sweep['seconds']:.1f} s, exit {sweep['exit_code']}, "
-                  f"{sweep['errors']} request errors; request p99 "
-                  f"{sweep['p99_ms_without']:.2f} ms without, {sweep['p99_ms_during']:.2f} ms "
-                  f"during ({sweep['p99_factor']:.2f}x)")
+            print(
+                f"{backend:9} expiry sweep of {sweep['rows']:,} rows ({sweep['expired']:,} "
+                f"expired) in {sweep['seconds']:.1f} s, exit {sweep['exit_code']}, "
+                f"{sweep['errors']} request errors; request p99 "
+                f"{sweep['p99_ms_without']:.2f} ms without, {sweep['p99_ms_during']:.2f} ms "
+                f"during ({sweep['p99_factor']:.2f}x)"
+            )
             calm, busy = sweep.get("p99_ms_without_by_kind"), sweep.get("p99_ms_during_by_kind")
             if calm and busy:
-                print(f"{'':9} reads {calm['read']:.2f} -> {busy['read']:.2f} ms, "
-                      f"writes {calm['write']:.2f} -> {busy['write']:.2f} ms")
+                print(
+                    f"{'':9} reads {calm['read']:.2f} -> {busy['read']:.2f} ms, "
+                    f"writes {calm['write']:.2f} -> {busy['write']:.2f} ms"
+                )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--backends", default="sqlite,postgres,mysql")
-    parser.add_argument("--sizes", default="10000",
-                        help="table sizes to measure at, comma-separated (e.g. 10000,1000000)")
+    parser.add_argument(
+        "--sizes",
+        default="10000",
+        help="table sizes to measure at, comma-separated (e.g. 10000,1000000)",
+    )
     parser.add_argument("--live", type=int, default=2000, help="sessions read and written")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--ops", type=int, default=1000, help="operations per round")
     parser.add_argument("--payload", type=int, default=1024, help="bytes of JSON per session")
     parser.add_argument("--no-frameworks", dest="frameworks", action="store_false")
-    parser.add_argument("--expiry", type=int, default=0, metavar="ROWS",
-                        help="also time storedsession-expire on ROWS rows, half expired")
+    parser.add_argument(
+        "--expiry",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="also time storedsession-expire on ROWS rows, half expired",
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks it works")
     parser.add_argument("--json", default="bench/results/latest.json")
     args = parser.parse_args(argv)
@@ -276,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                   f"{platform.python_version()}, {platform.system()}",
-        "payload": args.payload, "rounds": args.rounds, "ops": args.ops,
+        f"{platform.python_version()}, {platform.system()}",
+        "payload": args.payload,
+        "rounds": args.rounds,
+        "ops": args.ops,
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "backends": {}, "expiry": {},
+        "backends": {},
+        "expiry": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends.split(","):

@@ -23,8 +23,14 @@ def _p99(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100)[98] * 1000 if len(samples) > 1 else 0.0
 
 
-def _requests(store: SessionStore, public_ids: list[str], stop: threading.Event,
-              latencies: dict[str, list[float]], errors: list[str], limit: int) -> None:
+def _requests(
+    store: SessionStore,
+    public_ids: list[str],
+    stop: threading.Event,
+    latencies: dict[str, list[float]],
+    errors: list[str],
+    limit: int,
+) -> None:
     """Requests on live sessions: nine reads to one write, as web traffic goes."""
     i = 0
     while not stop.is_set() and i < limit:
@@ -77,8 +83,14 @@ def sweep_under_load(url: str, rows: int) -> dict[str, Any]:
         expired = (rows - LIVE) // 2
         with store.connected():
             fill(db, table, expired, library=True, expires=now - 60_000, created=now - 10**6)
-            fill(db, table, rows - LIVE - expired, library=True, expires=now + 10**9,
-                 created=now - 10**6)
+            fill(
+                db,
+                table,
+                rows - LIVE - expired,
+                library=True,
+                expires=now + 10**9,
+                created=now - 10**6,
+            )
 
         _settle(store, table)
         calm: dict[str, list[float]] = {"read": [], "write": []}
@@ -89,15 +101,30 @@ def sweep_under_load(url: str, rows: int) -> dict[str, Any]:
 
         during: dict[str, list[float]] = {"read": [], "write": []}
         stop = threading.Event()
-        worker = threading.Thread(target=_requests,
-                                  args=(store, public_ids, stop, during, errors, 10**9))
-        command = ([shutil.which("storedsession-expire")] if shutil.which("storedsession-expire")
-                   else [sys.executable, "-m", "storedsession", "expire"])
+        worker = threading.Thread(
+            target=_requests, args=(store, public_ids, stop, during, errors, 10**9)
+        )
+        command = (
+            [shutil.which("storedsession-expire")]
+            if shutil.which("storedsession-expire")
+            else [sys.executable, "-m", "storedsession", "expire"]
+        )
         started = time.perf_counter()
         worker.start()
-        result = subprocess.run([*command, "--database", url, "--table", table,  # type: ignore[list-item]
-                                 "--batch-size", "1000"], capture_output=True, text=True,
-                                timeout=1800)
+        result = subprocess.run(
+            [
+                *command,
+                "--database",
+                url,
+                "--table",
+                table,  # type: ignore[list-item]
+                "--batch-size",
+                "1000",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         seconds = time.perf_counter() - started
         stop.set()
         worker.join()
@@ -105,16 +132,21 @@ def sweep_under_load(url: str, rows: int) -> dict[str, Any]:
         with store.connected():
             remaining = db.execute_sql(f"SELECT COUNT(*) FROM {quoted}").fetchone()[0]
         return {
-            "rows": rows, "expired": expired, "seconds": seconds,
-            "exit_code": result.returncode, "output": result.stdout.strip(),
-            "requests_during": sum(map(len, during.values())), "errors": len(errors),
+            "rows": rows,
+            "expired": expired,
+            "seconds": seconds,
+            "exit_code": result.returncode,
+            "output": result.stdout.strip(),
+            "requests_during": sum(map(len, during.values())),
+            "errors": len(errors),
             "p99_ms_without": _p99(calm["read"] + calm["write"]),
             "p99_ms_during": _p99(during["read"] + during["write"]),
             "p99_factor": _p99(during["read"] + during["write"])
             / _p99(calm["read"] + calm["write"]),
             "p99_ms_without_by_kind": {k: _p99(v) for k, v in calm.items()},
             "p99_ms_during_by_kind": {k: _p99(v) for k, v in during.items()},
-            "left_expired": remaining_expired, "left_rows": remaining,
+            "left_expired": remaining_expired,
+            "left_rows": remaining,
             "rows_expected": rows - expired,
         }
     finally:

@@ -17,19 +17,27 @@ BATCH = 50_000
 def _rows(database: peewee.Database, count: int) -> tuple[str, str, str]:
     """Return (FROM clause, id expression, payload expression) for ``count`` rows."""
     if is_sqlite(database):
-        source = (f"(WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n "
-                  f"WHERE x < {count}) SELECT x FROM n)")
+        source = (
+            f"(WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n "
+            f"WHERE x < {count}) SELECT x FROM n)"
+        )
         return source, "lower(hex(randomblob(32)))", "randomblob(1100)"
     if is_mysql(database):
-        return (f"seq_1_to_{count}", "LOWER(HEX(RANDOM_BYTES(32)))",
-                "CONCAT(RANDOM_BYTES(1024), RANDOM_BYTES(76))")
-    return (f"generate_series(1, {count}) AS g",
-            "md5(random()::text || g) || md5(random()::text || g)",
-            "decode(repeat(md5(random()::text || g), 69), 'hex')")
+        return (
+            f"seq_1_to_{count}",
+            "LOWER(HEX(RANDOM_BYTES(32)))",
+            "CONCAT(RANDOM_BYTES(1024), RANDOM_BYTES(76))",
+        )
+    return (
+        f"generate_series(1, {count}) AS g",
+        "md5(random()::text || g) || md5(random()::text || g)",
+        "decode(repeat(md5(random()::text || g), 69), 'hex')",
+    )
 
 
-def fill(database: peewee.Database, table: str, count: int, *, library: bool,
-         expires: int, created: int) -> None:
+def fill(
+    database: peewee.Database, table: str, count: int, *, library: bool, expires: int, created: int
+) -> None:
     """Add ``count`` rows to ``table`` (the library's layout, or the floor's)."""
     quoted = database.quote[0] + table + database.quote[1]
     done = 0

@@ -31,16 +31,25 @@ def connect(url: str) -> tuple[Any, str]:
     if parts.scheme.startswith("postgres"):
         import psycopg2
 
-        conn = psycopg2.connect(dbname=parts.path[1:], user=parts.username,
-                                password=parts.password, host=parts.hostname,
-                                port=parts.port or 5432)
+        conn = psycopg2.connect(
+            dbname=parts.path[1:],
+            user=parts.username,
+            password=parts.password,
+            host=parts.hostname,
+            port=parts.port or 5432,
+        )
         conn.autocommit = True
         return conn, "%s"
     import pymysql
 
-    conn = pymysql.connect(database=parts.path[1:], user=parts.username,
-                           password=parts.password or "", host=parts.hostname,
-                           port=parts.port or 3306, autocommit=True)
+    conn = pymysql.connect(
+        database=parts.path[1:],
+        user=parts.username,
+        password=parts.password or "",
+        host=parts.hostname,
+        port=parts.port or 3306,
+        autocommit=True,
+    )
     return conn, "%s"
 
 
@@ -52,17 +61,21 @@ class Floor:
         self.table = table
         self.kind = urlsplit(url).scheme.split("+")[0]
         blob = {"sqlite": "BLOB", "postgresql": "BYTEA", "postgres": "BYTEA"}.get(
-            self.kind, "LONGBLOB")
+            self.kind, "LONGBLOB"
+        )
         self.cursor = self.conn.cursor()
         self.cursor.execute(f"DROP TABLE IF EXISTS {table}")
         self.cursor.execute(
             f"CREATE TABLE {table} (sid CHAR(64) PRIMARY KEY, payload {blob} NOT NULL, "
-            "expires_at BIGINT NOT NULL, version BIGINT NOT NULL)")
+            "expires_at BIGINT NOT NULL, version BIGINT NOT NULL)"
+        )
         self.cursor.execute(f"CREATE INDEX {table}_expires ON {table} (expires_at)")
         self.aead = AESGCM(os.urandom(32))
         self.select = f"SELECT payload, expires_at, version FROM {table} WHERE sid = {p}"
-        self.update = (f"UPDATE {table} SET payload = {p}, expires_at = {p}, "
-                       f"version = version + 1 WHERE sid = {p} AND version = {p}")
+        self.update = (
+            f"UPDATE {table} SET payload = {p}, expires_at = {p}, "
+            f"version = version + 1 WHERE sid = {p} AND version = {p}"
+        )
         self.insert = f"INSERT INTO {table} VALUES ({p}, {p}, {p}, 1)"
 
     def _seal(self, data: dict[str, Any], sid: str) -> bytes:

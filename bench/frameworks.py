@@ -15,10 +15,19 @@ from .floor import Floor
 
 def _environ(cookie: str) -> dict[str, Any]:
     return {
-        "REQUEST_METHOD": "GET", "PATH_INFO": "/r", "QUERY_STRING": "", "SERVER_NAME": "bench",
-        "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
-        "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/r",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
         "HTTP_COOKIE": f"session={cookie}",
     }
 
@@ -83,8 +92,9 @@ def _falcon(store: SessionStore, floor: Floor) -> tuple[Any, Any]:
     return lib, raw
 
 
-def contenders(store: SessionStore, floor: Floor, next_id: Callable[[], str]
-               ) -> tuple[dict[str, Callable[[], None]], list[tuple[str, str]]]:
+def contenders(
+    store: SessionStore, floor: Floor, next_id: Callable[[], str]
+) -> tuple[dict[str, Callable[[], None]], list[tuple[str, str]]]:
     """Return the framework contenders and their pairs (library, floor by hand)."""
     out: dict[str, Callable[[], None]] = {}
     pairs = []

@@ -109,8 +109,6 @@ def _back(session: Session, message: str, to: str = "/") -> NoReturn:
     raise bottle.HTTPResponse(status=303, Location=to)  # the plugin saves the session
 
 
-
-
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True  # browsers keep idle connections open: one thread each
 

@@ -80,10 +80,14 @@ def sign_out(session: Session, back: Back) -> NoReturn:
     """
     session.invalidate()
     back(session, SIGNED_OUT)
+
+
 REVOKED = "That session is signed out."
 GONE = "That session had ended already."
-CSRF_FAILED = ("This form was not sent by a page of this site, or it has expired, so "
-               "nothing was done. Go back, reload the page and try again.")
+CSRF_FAILED = (
+    "This form was not sent by a page of this site, or it has expired, so "
+    "nothing was done. Go back, reload the page and try again."
+)
 
 
 def fail(message: str) -> NoReturn:
@@ -102,11 +106,20 @@ def parse_args(framework: str, default_port: int, argv: Sequence[str] | None) ->
     """Read the demo's command line: ``--database URL`` and ``--port N``."""
     parser = argparse.ArgumentParser(
         prog=f"python -m examples.{framework.lower()}_demo",
-        description=f"The storedsession demo on {framework}, served on 127.0.0.1.")
-    parser.add_argument("--database", default=DEFAULT_DATABASE, metavar="URL",
-                        help="where the sessions live (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=default_port,
-                        help="the port on 127.0.0.1; 0 takes any free one (default: %(default)s)")
+        description=f"The storedsession demo on {framework}, served on 127.0.0.1.",
+    )
+    parser.add_argument(
+        "--database",
+        default=DEFAULT_DATABASE,
+        metavar="URL",
+        help="where the sessions live (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=default_port,
+        help="the port on 127.0.0.1; 0 takes any free one (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -114,9 +127,11 @@ def key_file_for(database: str) -> Path:
     """Return where the demo keeps its own key: beside the SQLite file, as ``<file>.key``."""
     path = urlsplit(database).path[1:] if database.startswith("sqlite") else ""
     if not path or path == ":memory:":
-        fail("Without STOREDSESSION_KEYS the demo keeps its own key beside an SQLite file, "
-             "and this database is not one. Make a key and export it first: "
-             'export STOREDSESSION_KEYS="$(storedsession generate-key)"')
+        fail(
+            "Without STOREDSESSION_KEYS the demo keeps its own key beside an SQLite file, "
+            "and this database is not one. Make a key and export it first: "
+            'export STOREDSESSION_KEYS="$(storedsession generate-key)"'
+        )
     return Path(path + ".key").absolute()
 
 
@@ -145,9 +160,11 @@ def open_store(database: str) -> SessionStore:
         path = key_file_for(database)
         key, created = demo_key(path)
         keys = [key]
-        note = (f"Keys: STOREDSESSION_KEYS is not set, so the demo {'made' if created else 'uses'}"
-                f" its own key in {path} (mode 0600; keep it to keep the sessions). A real "
-                "app takes its keys from the environment.")
+        note = (
+            f"Keys: STOREDSESSION_KEYS is not set, so the demo {'made' if created else 'uses'}"
+            f" its own key in {path} (mode 0600; keep it to keep the sessions). A real "
+            "app takes its keys from the environment."
+        )
     print(note, flush=True)  # before the store, whose errors may be about this key
     try:
         store = SessionStore(database, keys=keys)
@@ -160,14 +177,18 @@ def open_store(database: str) -> SessionStore:
 def cannot_listen(port: int, exc: OSError) -> NoReturn:
     """Stop the demo because its port is taken (or not allowed)."""
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    fail(f"Cannot listen on 127.0.0.1:{port} ({reason}). Pick another port "
-         "with --port N, or --port 0 for any free one.")
+    fail(
+        f"Cannot listen on 127.0.0.1:{port} ({reason}). Pick another port "
+        "with --port N, or --port 0 for any free one."
+    )
 
 
 def announce(framework: str, port: int) -> None:
     """Print the address to open."""
-    print(f"The {framework} demo is running. Open http://127.0.0.1:{port}/ "
-          "(Ctrl-C stops it).", flush=True)
+    print(
+        f"The {framework} demo is running. Open http://127.0.0.1:{port}/ (Ctrl-C stops it).",
+        flush=True,
+    )
 
 
 # -- forms -----------------------------------------------------------------------------
@@ -187,8 +208,11 @@ def renew_csrf_token(session: Session) -> None:
 def csrf_valid(session: Session, submitted: object) -> bool:
     """Tell whether a form's token is the session's own."""
     expected = session.get("csrf")
-    return (isinstance(expected, str) and isinstance(submitted, str)
-            and hmac.compare_digest(expected.encode(), submitted.encode()))
+    return (
+        isinstance(expected, str)
+        and isinstance(submitted, str)
+        and hmac.compare_digest(expected.encode(), submitted.encode())
+    )
 
 
 def clean(value: object) -> str | None:
@@ -218,8 +242,11 @@ _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 #: the back button asks the server again instead of showing a signed-in page.
 HEADERS = (
     ("Cache-Control", "no-store"),
-    ("Content-Security-Policy", f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; "
-                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (
+        "Content-Security-Policy",
+        f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "same-origin"),
 )
@@ -228,28 +255,36 @@ e = html.escape  # every value from a user goes through it
 
 
 def _button(action: str, label: str, csrf: str, **fields: str) -> str:
-    hidden = "".join(f'<input type="hidden" name="{e(k)}" value="{e(v)}">'
-                     for k, v in fields.items())
-    return (f'<form class="inline" method="post" action="{e(action)}">'
-            f'<input type="hidden" name="csrf" value="{e(csrf)}">{hidden}'
-            f"<button>{e(label)}</button></form>")
+    hidden = "".join(
+        f'<input type="hidden" name="{e(k)}" value="{e(v)}">' for k, v in fields.items()
+    )
+    return (
+        f'<form class="inline" method="post" action="{e(action)}">'
+        f'<input type="hidden" name="csrf" value="{e(csrf)}">{hidden}'
+        f"<button>{e(label)}</button></form>"
+    )
 
 
-def _layout(framework: str, title: str, body: str, session: Session | None,
-            flash: str | None) -> str:
+def _layout(
+    framework: str, title: str, body: str, session: Session | None, flash: str | None
+) -> str:
     who = ""
     if session is not None and session.user_id is not None:
-        who = (f'<span class="who">Signed in as <b id="user">{e(session.user_id)}</b> '
-               f"{_button('/signout', 'Sign out', csrf_token(session))}</span>")
+        who = (
+            f'<span class="who">Signed in as <b id="user">{e(session.user_id)}</b> '
+            f"{_button('/signout', 'Sign out', csrf_token(session))}</span>"
+        )
     elif session is not None:
         who = '<span class="who">Not signed in</span>'
     shown = f'<p id="flash" role="status">{e(flash)}</p>' if flash else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{e(title)} · storedsession demo</title><style>{_CSS}</style></head>"
-            f'<body><header><b>storedsession demo</b><span class="note">{e(framework)}</span>'
-            f'<a href="/">Home</a><a href="/sessions">Your sessions</a>{who}</header>'
-            f"<main>{shown}<h1>{e(title)}</h1>{body}</main></body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{e(title)} · storedsession demo</title><style>{_CSS}</style></head>"
+        f'<body><header><b>storedsession demo</b><span class="note">{e(framework)}</span>'
+        f'<a href="/">Home</a><a href="/sessions">Your sessions</a>{who}</header>'
+        f"<main>{shown}<h1>{e(title)}</h1>{body}</main></body></html>"
+    )
 
 
 def home_page(framework: str, session: Session, flash: str | None) -> str:
@@ -257,24 +292,32 @@ def home_page(framework: str, session: Session, flash: str | None) -> str:
     csrf = csrf_token(session)
     visits = session.get("visits", 0)
     cart = session.get("cart", [])
-    items = "".join(f"<li><span>{e(str(item))}</span> "
-                    f"{_button('/cart/remove', 'Remove', csrf, item=str(item))}</li>"
-                    for item in cart)
-    body = (f'<p>Visits to this page in this session: <strong id="visits">{visits}</strong>. '
-            "Reload to count up.</p>"
-            f'<h2>Cart</h2><ul id="cart">{items or "<li>(empty)</li>"}</ul>'
-            f'<form method="post" action="/cart/add"><input type="hidden" name="csrf" '
-            f'value="{e(csrf)}"><label>Item <input name="item" maxlength="{MAX_TEXT}" '
-            'required></label> <button>Add to cart</button></form>')
+    items = "".join(
+        f"<li><span>{e(str(item))}</span> "
+        f"{_button('/cart/remove', 'Remove', csrf, item=str(item))}</li>"
+        for item in cart
+    )
+    body = (
+        f'<p>Visits to this page in this session: <strong id="visits">{visits}</strong>. '
+        "Reload to count up.</p>"
+        f'<h2>Cart</h2><ul id="cart">{items or "<li>(empty)</li>"}</ul>'
+        f'<form method="post" action="/cart/add"><input type="hidden" name="csrf" '
+        f'value="{e(csrf)}"><label>Item <input name="item" maxlength="{MAX_TEXT}" '
+        "required></label> <button>Add to cart</button></form>"
+    )
     if session.user_id is None:
-        body += (f'<h2>Sign in</h2><form method="post" action="/signin">'
-                 f'<input type="hidden" name="csrf" value="{e(csrf)}">'
-                 f'<label>Name <input name="username" maxlength="{MAX_TEXT}" required '
-                 'autocomplete="username"></label> <button>Sign in</button></form>'
-                 '<p class="note">This is a demo: any name signs you in, and there is no '
-                 "password. The cart and the counter stay with you when you sign in.</p>")
-    body += ('<p class="note">Your browser holds only a random id, in an HttpOnly cookie. '
-             "Everything on this page lives in the database, encrypted.</p>")
+        body += (
+            f'<h2>Sign in</h2><form method="post" action="/signin">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            f'<label>Name <input name="username" maxlength="{MAX_TEXT}" required '
+            'autocomplete="username"></label> <button>Sign in</button></form>'
+            '<p class="note">This is a demo: any name signs you in, and there is no '
+            "password. The cart and the counter stay with you when you sign in.</p>"
+        )
+    body += (
+        '<p class="note">Your browser holds only a random id, in an HttpOnly cookie. '
+        "Everything on this page lives in the database, encrypted.</p>"
+    )
     title = "Hello, " + session.user_id if session.user_id is not None else "Welcome"
     return _layout(framework, title, body, session, flash)
 
@@ -283,26 +326,34 @@ def _when(moment: datetime | None) -> str:
     return "never" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
 
 
-def sessions_page(framework: str, session: Session, sessions: list[SessionInfo],
-                  flash: str | None) -> str:
+def sessions_page(
+    framework: str, session: Session, sessions: list[SessionInfo], flash: str | None
+) -> str:
     """The signed-in user's sessions, this device marked, each one revocable."""
     csrf = csrf_token(session)
     rows = []
     for info in sessions:
         mine = info.handle == session.handle
-        action = (_button("/signout", "Sign out", csrf) if mine
-                  else _button("/sessions/revoke", "Sign out", csrf, handle=info.handle))
+        action = (
+            _button("/signout", "Sign out", csrf)
+            if mine
+            else _button("/sessions/revoke", "Sign out", csrf, handle=info.handle)
+        )
         device = "<b>This device</b>" if mine else f"Session {e(info.handle[:8])}…"
-        rows.append(f'<tr class="{"this-device" if mine else "other"}" '
-                    f'data-handle="{e(info.handle)}"><td>{device}</td>'
-                    f"<td>{_when(info.created_at)}</td><td>{_when(info.last_seen_at)}</td>"
-                    f"<td>{_when(info.expires_at)}</td><td>{action}</td></tr>")
-    body = ('<table id="sessions"><thead><tr><th>Device</th><th>Signed in</th>'
-            "<th>Last seen</th><th>Expires</th><th></th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>"
-            f"<p>{_button('/sessions/revoke-others', 'Sign out everywhere else', csrf)}</p>"
-            '<p class="note">"Last seen" moves at most once a minute. Sign in with the same '
-            "name in another browser (or a private window) to see a second session here.</p>")
+        rows.append(
+            f'<tr class="{"this-device" if mine else "other"}" '
+            f'data-handle="{e(info.handle)}"><td>{device}</td>'
+            f"<td>{_when(info.created_at)}</td><td>{_when(info.last_seen_at)}</td>"
+            f"<td>{_when(info.expires_at)}</td><td>{action}</td></tr>"
+        )
+    body = (
+        '<table id="sessions"><thead><tr><th>Device</th><th>Signed in</th>'
+        "<th>Last seen</th><th>Expires</th><th></th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"<p>{_button('/sessions/revoke-others', 'Sign out everywhere else', csrf)}</p>"
+        '<p class="note">"Last seen" moves at most once a minute. Sign in with the same '
+        "name in another browser (or a private window) to see a second session here.</p>"
+    )
     return _layout(framework, "Your sessions", body, session, flash)
 
 

@@ -94,15 +94,18 @@ def _page(resp: Response, page: str) -> None:
 
 
 def _error_page(req: Any, resp: Any, error: falcon.HTTPError) -> None:
-    _page(resp, common.error_page(NAME, error.title or str(error.status),
-                                  error.description or error.title or ""))
+    _page(
+        resp,
+        common.error_page(
+            NAME, error.title or str(error.status), error.description or error.title or ""
+        ),
+    )
 
 
 async def _form(req: Request) -> dict[str, Any]:
     """Return the POSTed form if it carries the session's CSRF token, or answer 403."""
     form = await req.get_media(default_when_empty={})
-    if not isinstance(form, dict) or not common.csrf_valid(req.context.session,
-                                                           form.get("csrf")):
+    if not isinstance(form, dict) or not common.csrf_valid(req.context.session, form.get("csrf")):
         raise falcon.HTTPForbidden(description=common.CSRF_FAILED)
     return form
 
@@ -111,8 +114,6 @@ def _back(session: Session, message: str, to: str = "/") -> NoReturn:
     """Redirect (303) to ``to``, which shows ``message`` once."""
     session["flash"] = message
     raise falcon.HTTPSeeOther(to)  # the middleware saves the session
-
-
 
 
 def make_app(store: SessionStore) -> falcon.asgi.App:

@@ -23,7 +23,9 @@ def _takes(callback: Callable[..., Any], keyword: str) -> bool:
     except (TypeError, ValueError):
         return False
     return parameter is not None and parameter.kind in (
-        parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        parameter.POSITIONAL_OR_KEYWORD,
+        parameter.KEYWORD_ONLY,
+    )
 
 
 class StoredSessionPlugin:
@@ -42,17 +44,31 @@ class StoredSessionPlugin:
     name = "storedsession"
     api = 2
 
-    def __init__(self, store_or_database: SessionStore | str | peewee.Database, *,
-                 keys: str | Sequence[str] | None = None, cookie_name: str = "session",
-                 keyword: str = "session", cookie_path: str = "/",
-                 cookie_domain: str | None = None, cookie_secure: bool | None = None,
-                 cookie_httponly: bool = True, cookie_samesite: str | None = "Lax",
-                 **store_options: Any) -> None:
+    def __init__(
+        self,
+        store_or_database: SessionStore | str | peewee.Database,
+        *,
+        keys: str | Sequence[str] | None = None,
+        cookie_name: str = "session",
+        keyword: str = "session",
+        cookie_path: str = "/",
+        cookie_domain: str | None = None,
+        cookie_secure: bool | None = None,
+        cookie_httponly: bool = True,
+        cookie_samesite: str | None = "Lax",
+        **store_options: Any,
+    ) -> None:
         self.core = SessionMiddlewareCore(
-            store_or_database, keys=keys, cookie_name=cookie_name, cookie_path=cookie_path,
-            cookie_domain=cookie_domain, cookie_secure=cookie_secure,
-            cookie_httponly=cookie_httponly, cookie_samesite=cookie_samesite,
-            **store_options)
+            store_or_database,
+            keys=keys,
+            cookie_name=cookie_name,
+            cookie_path=cookie_path,
+            cookie_domain=cookie_domain,
+            cookie_secure=cookie_secure,
+            cookie_httponly=cookie_httponly,
+            cookie_samesite=cookie_samesite,
+            **store_options,
+        )
         self.store = self.core.store
         self.keyword = keyword
 
@@ -62,7 +78,8 @@ class StoredSessionPlugin:
             if getattr(other, "keyword", None) == self.keyword:
                 raise bottle.PluginError(
                     f"Another plugin already passes the keyword {self.keyword!r}; give "
-                    "StoredSessionPlugin another keyword=.")
+                    "StoredSessionPlugin another keyword=."
+                )
 
     def apply(self, callback: Callable[..., Any], route: bottle.Route) -> Callable[..., Any]:
         """Wrap ``callback`` so that it runs with the request's session."""
@@ -74,8 +91,7 @@ class StoredSessionPlugin:
         @functools.wraps(callback)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             environ = bottle.request.environ
-            request = begin(environ.get("HTTP_COOKIE"),
-                            environ.get("wsgi.url_scheme") == "https")
+            request = begin(environ.get("HTTP_COOKIE"), environ.get("wsgi.url_scheme") == "https")
             environ[ENVIRON_KEY] = request.lazy
             if keyword:
                 kwargs[keyword] = request.lazy

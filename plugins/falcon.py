@@ -31,21 +31,36 @@ class StoredSessionMiddleware:
     use.
     """
 
-    def __init__(self, store_or_database: SessionStore | str | peewee.Database, *,
-                 keys: str | Sequence[str] | None = None, cookie_name: str = "session",
-                 cookie_path: str = "/", cookie_domain: str | None = None,
-                 cookie_secure: bool | None = None, cookie_httponly: bool = True,
-                 cookie_samesite: str | None = "Lax", **store_options: Any) -> None:
+    def __init__(
+        self,
+        store_or_database: SessionStore | str | peewee.Database,
+        *,
+        keys: str | Sequence[str] | None = None,
+        cookie_name: str = "session",
+        cookie_path: str = "/",
+        cookie_domain: str | None = None,
+        cookie_secure: bool | None = None,
+        cookie_httponly: bool = True,
+        cookie_samesite: str | None = "Lax",
+        **store_options: Any,
+    ) -> None:
         self.core = SessionMiddlewareCore(
-            store_or_database, keys=keys, cookie_name=cookie_name, cookie_path=cookie_path,
-            cookie_domain=cookie_domain, cookie_secure=cookie_secure,
-            cookie_httponly=cookie_httponly, cookie_samesite=cookie_samesite,
-            **store_options)
+            store_or_database,
+            keys=keys,
+            cookie_name=cookie_name,
+            cookie_path=cookie_path,
+            cookie_domain=cookie_domain,
+            cookie_secure=cookie_secure,
+            cookie_httponly=cookie_httponly,
+            cookie_samesite=cookie_samesite,
+            **store_options,
+        )
         self.store = self.core.store
 
     def _begin(self, req: falcon.Request, *, hold_connection: bool) -> RequestSession:
-        request = self.core.begin(req.get_header("Cookie"), req.scheme == "https",
-                                  hold_connection=hold_connection)
+        request = self.core.begin(
+            req.get_header("Cookie"), req.scheme == "https", hold_connection=hold_connection
+        )
         setattr(req.context, _STATE, request)
         req.context.session = request.lazy
         return request
@@ -54,13 +69,15 @@ class StoredSessionMiddleware:
         """Put the request's lazy session on ``req.context.session``."""
         self._begin(req, hold_connection=True)
 
-    async def process_request_async(self, req: falcon.asgi.Request,
-                                    resp: falcon.asgi.Response) -> None:
+    async def process_request_async(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response
+    ) -> None:
         """Put the session on ``req.context.session``, loaded off the event loop."""
         await self._begin(req, hold_connection=False).preload()
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response,
-                         resource: object, req_succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
         """Save the session and add its cookie and ``Vary`` to the response."""
         request = _taken(req, resource)
         if request is not None:
@@ -70,9 +87,13 @@ class StoredSessionMiddleware:
                 raise falcon.HTTPServiceUnavailable() from exc
             _apply(resp, headers)
 
-    async def process_response_async(self, req: falcon.asgi.Request,
-                                     resp: falcon.asgi.Response, resource: object,
-                                     req_succeeded: bool) -> None:
+    async def process_response_async(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: object,
+        req_succeeded: bool,
+    ) -> None:
         """Save the session in a worker thread and add its cookie and ``Vary``."""
         request = _taken(req, resource)
         if request is not None:

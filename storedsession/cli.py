@@ -138,12 +138,21 @@ def _set_target(field: str) -> Callable[[click.Context, click.Parameter, Any], N
 def database_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--database`` and ``--table``, which fill in the command's :class:`Target`."""
     command = click.option(
-        "--table", metavar="NAME", default=DEFAULT_TABLE, show_default=True,
-        expose_value=False, callback=_set_target("table"), help="The session table.",
+        "--table",
+        metavar="NAME",
+        default=DEFAULT_TABLE,
+        show_default=True,
+        expose_value=False,
+        callback=_set_target("table"),
+        help="The session table.",
     )(command)
     return click.option(
-        "--database", metavar="URL", envvar=DATABASE_ENV, show_envvar=True,
-        expose_value=False, callback=_set_target("database"),
+        "--database",
+        metavar="URL",
+        envvar=DATABASE_ENV,
+        show_envvar=True,
+        expose_value=False,
+        callback=_set_target("database"),
         help="Database URL, e.g. postgresql://user@host/dbname or sqlite:///sessions.db.",
     )(command)
 
@@ -181,8 +190,13 @@ def init(target: Target) -> None:
 
 @click.command(cls=_Command)
 @database_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Sessions deleted per statement.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Sessions deleted per statement.",
+)
 @click.option("--dry-run", is_flag=True, help="Count the expired sessions; delete none.")
 @pass_target
 def expire(target: Target, batch_size: int, dry_run: bool) -> None:
@@ -196,8 +210,9 @@ def expire(target: Target, batch_size: int, dry_run: bool) -> None:
         click.echo(f"Would expire {store.count_expired()} sessions.")
         return
     with _progress("Expiring sessions", store.count_expired) as progress:
-        count = store.expire(batch_size, pause=PAUSE, batch_seconds=BATCH_SECONDS,
-                             progress=progress)
+        count = store.expire(
+            batch_size, pause=PAUSE, batch_seconds=BATCH_SECONDS, progress=progress
+        )
     click.echo(f"Expired {count} sessions." if count else "No sessions to expire.")
 
 
@@ -237,21 +252,30 @@ def _read_keys(keys_file: Path | None) -> list[str]:
 
 
 def _summary(report: Rotation) -> str:
-    line = (f"Re-encrypted {report.rotated} sessions under the first key; "
-            f"{report.current} were under it already; {report.unreadable} could not be "
-            "read with any key and were left untouched.")
+    line = (
+        f"Re-encrypted {report.rotated} sessions under the first key; "
+        f"{report.current} were under it already; {report.unreadable} could not be "
+        "read with any key and were left untouched."
+    )
     if report.changed:
-        line += (f" {report.changed} kept changing under live traffic: run it again to "
-                 "finish them.")
+        line += f" {report.changed} kept changing under live traffic: run it again to finish them."
     return line
 
 
 @cli.command("rotate-keys")
 @database_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Sessions read per query.")
-@click.option("--keys-file", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"A file of keys, one a line, newest first (instead of {KEYS_ENV}).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Sessions read per query.",
+)
+@click.option(
+    "--keys-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"A file of keys, one a line, newest first (instead of {KEYS_ENV}).",
+)
 @pass_target
 def rotate_keys_command(target: Target, batch_size: int, keys_file: Path | None) -> None:
     """Re-encrypt every stored session under the first key.
@@ -316,10 +340,17 @@ def stats_command(target: Target) -> None:
 
 
 @cli.command("install-migration")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("migrations"), show_default=True, help="The migrations directory.")
-@click.option("--table", metavar="NAME", default=DEFAULT_TABLE, show_default=True,
-              help="The session table.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("migrations"),
+    show_default=True,
+    help="The migrations directory.",
+)
+@click.option(
+    "--table", metavar="NAME", default=DEFAULT_TABLE, show_default=True, help="The session table."
+)
 def install_migration(directory: Path, table: str) -> None:
     """Write a migration that creates the session table.
 
@@ -335,7 +366,8 @@ def install_migration(directory: Path, table: str) -> None:
     existing = [m.path for m in found if m.name.endswith(f"_create_{table}")]
     if existing:
         raise click.ClickException(
-            f"A migration that creates {table!r} is there already: {existing[0]}.")
+            f"A migration that creates {table!r} is there already: {existing[0]}."
+        )
     number = max((m.idx for m in found), default=0) + 1
     path = directory / f"{number:04d}_create_{table}.py"
     try:

@@ -96,8 +96,10 @@ class Envelope:
                 self._renew()
         header, aead = self._header, self._aead
         nonce = os.urandom(_NONCE)
-        return header + nonce + aead.encrypt(
-            nonce, plaintext, header + self._aad_table + sid.encode("ascii")
+        return (
+            header
+            + nonce
+            + aead.encrypt(nonce, plaintext, header + self._aad_table + sid.encode("ascii"))
         )
 
     def open(self, envelope: bytes, sid: str) -> bytes:

@@ -200,8 +200,9 @@ class _Use:
             self.opened = True
         return database
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: object
+    ) -> None:
         opened, self.opened = self.opened, False
         if exc is not None and isinstance(exc, _DATABASE_ERRORS):
             self.connector.fail(exc, opened)

@@ -38,9 +38,7 @@ class Key:
 def _decode(text: str, position: int) -> bytes:
     # The key itself never goes into a message: it may end up in a log.
     if not isinstance(text, str) or not _URLSAFE_B64.match(text.strip()):
-        raise ConfigurationError(
-            f"Key #{position} is not 32 bytes of URL-safe base64. {_HOW_TO}"
-        )
+        raise ConfigurationError(f"Key #{position} is not 32 bytes of URL-safe base64. {_HOW_TO}")
     text = text.strip()
     try:
         secret = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -67,11 +67,13 @@ def rotate_keys(
     report = Rotation()
     last = ""
     while True:
-        query = (model.select(model.sid, model.payload, model.version)
-                 .where(model.sid > last)
-                 .order_by(model.sid)
-                 .limit(batch_size)
-                 .tuples())
+        query = (
+            model.select(model.sid, model.payload, model.version)
+            .where(model.sid > last)
+            .order_by(model.sid)
+            .limit(batch_size)
+            .tuples()
+        )
         with store.connected():
             rows = list(query)
             for sid, payload, version in rows:
@@ -100,13 +102,15 @@ def rotate_row(store: SessionStore, sid: str, payload: bytes, version: int) -> R
             plaintext = envelope.open(payload, sid)
         except DecryptionFailed:
             return RowOutcome.UNREADABLE
-        update = (model.update(payload=envelope.seal(plaintext, sid))
-                  .where((model.sid == sid) & (model.version == version)))
+        update = model.update(payload=envelope.seal(plaintext, sid)).where(
+            (model.sid == sid) & (model.version == version)
+        )
         with store.connected():
             if update.execute() == 1:
                 return RowOutcome.ROTATED
-            row = (model.select(model.payload, model.version)
-                   .where(model.sid == sid).tuples().first())
+            row = (
+                model.select(model.payload, model.version).where(model.sid == sid).tuples().first()
+            )
         if row is None:
             return RowOutcome.GONE
         payload, version = row
@@ -160,8 +164,13 @@ def stats(store: SessionStore) -> Stats:
         size, size_of = table_size(store)
     expired = int(expired or 0)
     return Stats(
-        live=int(total) - expired, expired=expired, with_user=int(with_user or 0),
-        oldest=_utc(oldest), newest=_utc(newest), size=size, size_of=size_of,
+        live=int(total) - expired,
+        expired=expired,
+        with_user=int(with_user or 0),
+        oldest=_utc(oldest),
+        newest=_utc(newest),
+        size=size,
+        size_of=size_of,
     )
 
 
@@ -170,18 +179,23 @@ def table_size(store: SessionStore) -> tuple[int | None, str]:
     database, name = store.database, store.table_name
     if isinstance(database, peewee.PostgresqlDatabase):
         row = database.execute_sql(
-            "SELECT pg_total_relation_size(quote_ident(%s)::regclass)", (name,)).fetchone()
+            "SELECT pg_total_relation_size(quote_ident(%s)::regclass)", (name,)
+        ).fetchone()
         return int(row[0]), "table and indexes"
     if is_mysql(database):
         row = database.execute_sql(
             "SELECT data_length + index_length FROM information_schema.tables "
-            "WHERE table_schema = DATABASE() AND table_name = %s", (name,)).fetchone()
+            "WHERE table_schema = DATABASE() AND table_name = %s",
+            (name,),
+        ).fetchone()
         return (None if row is None else int(row[0])), "table and indexes, server estimate"
     if is_sqlite(database):
         try:
             row = database.execute_sql(
                 "SELECT SUM(pgsize) FROM dbstat WHERE name IN "
-                "(SELECT name FROM sqlite_master WHERE tbl_name = ?)", (name,)).fetchone()
+                "(SELECT name FROM sqlite_master WHERE tbl_name = ?)",
+                (name,),
+            ).fetchone()
             return int(row[0] or 0), "table and indexes"
         except peewee.OperationalError:  # SQLite built without the dbstat table
             pages = database.execute_sql("PRAGMA page_count").fetchone()[0]

@@ -70,6 +70,7 @@ class MySQLPool(_CheckIdleOnly, PooledMySQLDatabase):
 
 
 POOLS: dict[str, type[peewee.Database]] = {
-    "postgres+pool": PostgresPool, "postgresql+pool": PostgresPool,
+    "postgres+pool": PostgresPool,
+    "postgresql+pool": PostgresPool,
     "mysql+pool": MySQLPool,
 }

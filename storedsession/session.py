@@ -41,9 +41,23 @@ class Session(MutableMapping[str, Any]):
     """
 
     __slots__ = (
-        "_data", "_loaded", "_public_id", "_handle", "_version", "_created", "_last_seen",
-        "_expires", "_user_id", "_loaded_user_id", "_idle", "_loaded_idle", "_regenerate",
-        "_doomed", "_invalidated", "_dirty", "_exposed",
+        "_data",
+        "_loaded",
+        "_public_id",
+        "_handle",
+        "_version",
+        "_created",
+        "_last_seen",
+        "_expires",
+        "_user_id",
+        "_loaded_user_id",
+        "_idle",
+        "_loaded_idle",
+        "_regenerate",
+        "_doomed",
+        "_invalidated",
+        "_dirty",
+        "_exposed",
     )
 
     def __init__(self) -> None:
@@ -72,9 +86,19 @@ class Session(MutableMapping[str, Any]):
         self._exposed = False
 
     @classmethod
-    def _from_row(cls, data: dict[str, Any], plaintext: bytes, public_id: str, handle: str,
-                  version: int, created: int, last_seen: int, expires: int | None,
-                  user_id: str | None, idle: int | None) -> Session:
+    def _from_row(
+        cls,
+        data: dict[str, Any],
+        plaintext: bytes,
+        public_id: str,
+        handle: str,
+        version: int,
+        created: int,
+        last_seen: int,
+        expires: int | None,
+        user_id: str | None,
+        idle: int | None,
+    ) -> Session:
         """Build a stored session in one go (the store calls this on every load)."""
         self = cls.__new__(cls)
         self._data, self._loaded = data, plaintext

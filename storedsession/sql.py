@@ -53,8 +53,10 @@ class Statements:
         return cls(
             select=f"SELECT {COLUMNS} FROM {t} WHERE sid = {p}",
             # SQLite has no row locks: its write transaction (BEGIN IMMEDIATE) serializes.
-            select_for_update=(f"SELECT {COLUMNS} FROM {t} WHERE sid = {p}"
-                               + ("" if is_sqlite(database) else " FOR UPDATE")),
+            select_for_update=(
+                f"SELECT {COLUMNS} FROM {t} WHERE sid = {p}"
+                + ("" if is_sqlite(database) else " FOR UPDATE")
+            ),
             insert=(
                 f"INSERT INTO {t} (sid, {COLUMNS}) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, 1)"
                 + conflict

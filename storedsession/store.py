@@ -124,8 +124,9 @@ class SessionStore(SessionWrites, UserSessions):
             return last_seen + idle
         return min(last_seen + idle, created + absolute)
 
-    def _alive(self, created: int, last_seen: int, expires: int | None, idle: int | None,
-               now: int) -> bool:
+    def _alive(
+        self, created: int, last_seen: int, expires: int | None, idle: int | None, now: int
+    ) -> bool:
         # The stored expiry and today's configuration must both agree.
         if expires is not None and expires <= now:
             return False
@@ -200,8 +201,9 @@ class SessionStore(SessionWrites, UserSessions):
         except ValueError:
             security_log.warning("A stored session decrypted to something that is not JSON.")
             return Session()
-        return Session._from_row(data, plaintext, value, handle, version, created, last_seen,
-                                 expires, user_id, idle)
+        return Session._from_row(
+            data, plaintext, value, handle, version, created, last_seen, expires, user_id, idle
+        )
 
     # -- delete and expire ---------------------------------------------------------
     def _delete_handles(self, handles: Sequence[str]) -> int:
@@ -223,9 +225,14 @@ class SessionStore(SessionWrites, UserSessions):
         session._doomed = None
         session._invalidated = True
 
-    def expire(self, batch_size: int = 1000, *, pause: float = 0.0,
-               batch_seconds: float | None = None,
-               progress: Callable[[int], None] | None = None) -> int:
+    def expire(
+        self,
+        batch_size: int = 1000,
+        *,
+        pause: float = 0.0,
+        batch_seconds: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Delete expired sessions in batches of at most ``batch_size``; return how many.
 
         Rows are chosen by their stored expiry through its index, against the time the
@@ -242,8 +249,7 @@ class SessionStore(SessionWrites, UserSessions):
         with self._connection():  # one connection for the sweep, not one per batch
             while True:
                 started = time.monotonic()
-                deleted = self.database.execute_sql(self._sql.expire_batch,
-                                                    (cutoff, size)).rowcount
+                deleted = self.database.execute_sql(self._sql.expire_batch, (cutoff, size)).rowcount
                 took = time.monotonic() - started
                 if deleted <= 0:
                     break
@@ -264,8 +270,9 @@ class SessionStore(SessionWrites, UserSessions):
     def count_expired(self) -> int:
         """Return how many stored sessions :meth:`expire` would delete now."""
         with self._connection():
-            return int(self.database.execute_sql(
-                self._sql.count_expired, (self.now(),)).fetchone()[0])
+            return int(
+                self.database.execute_sql(self._sql.count_expired, (self.now(),)).fetchone()[0]
+            )
 
     # -- connections -----------------------------------------------------------------
     def connected(self) -> AbstractContextManager[peewee.Database]:

@@ -37,24 +37,33 @@ class UserSessions:
         _connection: Connector
 
         def now(self) -> int: ...
-        def _alive(self, created: int, last_seen: int, expires: int | None,
-                   idle: int | None, now: int) -> bool: ...
+        def _alive(
+            self, created: int, last_seen: int, expires: int | None, idle: int | None, now: int
+        ) -> bool: ...
         def _transaction(self) -> Any: ...
         def _delete_handles(self, handles: Sequence[str]) -> int: ...
 
     def sessions_for(self, user_id: str | int) -> list[SessionInfo]:
         """List the user's live sessions, most recently seen first."""
         model, now = self.model, self.now()
-        query = (model.select(model.sid, model.created_at, model.last_seen_at,
-                              model.expires_at, model.idle_timeout)
-                 .where(model.user_id == str(user_id))
-                 .order_by(model.last_seen_at.desc())
-                 .tuples())
+        query = (
+            model.select(
+                model.sid,
+                model.created_at,
+                model.last_seen_at,
+                model.expires_at,
+                model.idle_timeout,
+            )
+            .where(model.user_id == str(user_id))
+            .order_by(model.last_seen_at.desc())
+            .tuples()
+        )
         with self._connection():
             rows = list(query)
         return [
-            SessionInfo(handle, _utc(created), _utc(seen),
-                        None if expires is None else _utc(expires))
+            SessionInfo(
+                handle, _utc(created), _utc(seen), None if expires is None else _utc(expires)
+            )
             for handle, created, seen, expires, idle in rows
             if self._alive(created, seen, expires, idle, now)
         ]

@@ -162,10 +162,20 @@ class LazySession(Session):
         return repr(self._request.session_object())
 
 
-_LAZY_OWN = frozenset({
-    "_request", "__class__", "__getitem__", "__setitem__", "__delitem__", "__iter__",
-    "__len__", "__contains__", "__repr__", "__dict__",
-})
+_LAZY_OWN = frozenset(
+    {
+        "_request",
+        "__class__",
+        "__getitem__",
+        "__setitem__",
+        "__delitem__",
+        "__iter__",
+        "__len__",
+        "__contains__",
+        "__repr__",
+        "__dict__",
+    }
+)
 
 
 class RequestSession:
@@ -176,11 +186,27 @@ class RequestSession:
     peewee keeps connections per thread.
     """
 
-    __slots__ = ("core", "cookie", "https", "lazy", "_session", "_held", "_hold", "failed",
-                 "_preload_error", "_well_formed")
+    __slots__ = (
+        "core",
+        "cookie",
+        "https",
+        "lazy",
+        "_session",
+        "_held",
+        "_hold",
+        "failed",
+        "_preload_error",
+        "_well_formed",
+    )
 
-    def __init__(self, core: SessionMiddlewareCore, cookie_header: str | None, https: bool,
-                 *, hold_connection: bool = True) -> None:
+    def __init__(
+        self,
+        core: SessionMiddlewareCore,
+        cookie_header: str | None,
+        https: bool,
+        *,
+        hold_connection: bool = True,
+    ) -> None:
         self.core = core
         self.cookie = pick_cookie(cookie_header, core.cookie.name)
         self.https = https
@@ -251,8 +277,9 @@ class RequestSession:
             try:
                 outcome = self.core.store.save(session)
             except SessionInterrupted:
-                security_log.warning("A session was deleted while a request used it; "
-                                     "nothing was saved.")
+                security_log.warning(
+                    "A session was deleted while a request used it; nothing was saved."
+                )
                 return headers
             cookie = self.core.cookie
             if outcome in (Outcome.WRITTEN, Outcome.TOUCHED):
@@ -281,11 +308,19 @@ class RequestSession:
 class SessionMiddlewareCore:
     """What every adapter shares: the store and the cookie options."""
 
-    def __init__(self, store_or_database: SessionStore | str | peewee.Database, *,
-                 keys: str | Sequence[str] | None = None, cookie_name: str = "session",
-                 cookie_path: str = "/", cookie_domain: str | None = None,
-                 cookie_secure: bool | None = None, cookie_httponly: bool = True,
-                 cookie_samesite: str | None = "Lax", **store_options: Any) -> None:
+    def __init__(
+        self,
+        store_or_database: SessionStore | str | peewee.Database,
+        *,
+        keys: str | Sequence[str] | None = None,
+        cookie_name: str = "session",
+        cookie_path: str = "/",
+        cookie_domain: str | None = None,
+        cookie_secure: bool | None = None,
+        cookie_httponly: bool = True,
+        cookie_samesite: str | None = "Lax",
+        **store_options: Any,
+    ) -> None:
         if isinstance(store_or_database, SessionStore):
             if keys is not None or store_options:
                 raise ConfigurationError(
@@ -295,10 +330,12 @@ class SessionMiddlewareCore:
             self.store = store_or_database
         else:
             self.store = SessionStore(store_or_database, keys=keys, **store_options)
-        self.cookie = CookieOptions(cookie_name, cookie_path, cookie_domain, cookie_secure,
-                                    cookie_httponly, cookie_samesite)
+        self.cookie = CookieOptions(
+            cookie_name, cookie_path, cookie_domain, cookie_secure, cookie_httponly, cookie_samesite
+        )
 
-    def begin(self, cookie_header: str | None, https: bool, *,
-              hold_connection: bool = True) -> RequestSession:
+    def begin(
+        self, cookie_header: str | None, https: bool, *, hold_connection: bool = True
+    ) -> RequestSession:
         """Start the session of one request."""
         return RequestSession(self, cookie_header, https, hold_connection=hold_connection)

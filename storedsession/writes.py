@@ -43,8 +43,16 @@ class Outcome(Enum):
 
 
 _STORED_STATE = (
-    "_public_id", "_handle", "_version", "_created", "_last_seen", "_expires", "_loaded",
-    "_loaded_user_id", "_loaded_idle", "_regenerate",
+    "_public_id",
+    "_handle",
+    "_version",
+    "_created",
+    "_last_seen",
+    "_expires",
+    "_loaded",
+    "_loaded_user_id",
+    "_loaded_idle",
+    "_regenerate",
 )
 
 
@@ -64,8 +72,7 @@ class SessionWrites:
         _touch_ms: int
 
         def now(self) -> int: ...
-        def _expiry(self, created: int, last_seen: int,
-                    session_idle: int | None) -> int | None: ...
+        def _expiry(self, created: int, last_seen: int, session_idle: int | None) -> int | None: ...
         def _check_packet(self) -> None: ...
         def _delete_handles(self, handles: Sequence[str]) -> int: ...
         def delete(self, session: Session) -> None: ...
@@ -101,8 +108,9 @@ class SessionWrites:
                         self._insert(session, plaintext)
                     session._doomed = None
             return Outcome.WRITTEN
-        metadata_changed = (session._user_id != session._loaded_user_id
-                            or session._idle != session._loaded_idle)
+        metadata_changed = (
+            session._user_id != session._loaded_user_id or session._idle != session._loaded_idle
+        )
         if session._regenerate or metadata_changed or session._dirty or session._exposed:
             # Serialize once: the same bytes tell whether anything changed and get written.
             plaintext = self._plaintext(session)
@@ -128,8 +136,15 @@ class SessionWrites:
         for _ in range(MAX_ID_DRAWS):
             public_id = ids.new_public_id()
             handle = ids.handle_for(public_id)
-            params = (handle, self.envelope.seal(plaintext, handle), session._user_id,
-                      created, now, expires, session._idle)
+            params = (
+                handle,
+                self.envelope.seal(plaintext, handle),
+                session._user_id,
+                created,
+                now,
+                expires,
+                session._idle,
+            )
             try:
                 cursor = self.database.execute_sql(self._sql.insert, params)
             except peewee.IntegrityError:
@@ -148,8 +163,9 @@ class SessionWrites:
         if signals.session_write.receivers:
             signals.session_write.send(self, sid=handle)
 
-    def _write(self, session: Session, plaintext: bytes,
-               attempt: Callable[[Session, bytes], None]) -> None:
+    def _write(
+        self, session: Session, plaintext: bytes, attempt: Callable[[Session, bytes], None]
+    ) -> None:
         with self._connection():
             self._check_packet()
             try:
@@ -169,8 +185,7 @@ class SessionWrites:
                 except _Conflict:
                     time.sleep(random.uniform(0, 0.002 * (tries + 1)))  # noqa: S311 - jitter
         raise StoreUnavailable(
-            "The session kept changing under this request and could not be saved; "
-            "try again."
+            "The session kept changing under this request and could not be saved; try again."
         )
 
     def _update_once(self, session: Session, plaintext: bytes) -> None:
@@ -181,8 +196,10 @@ class SessionWrites:
         sealed = self.envelope.seal(plaintext, handle)
         params: tuple[Any, ...]
         if session._user_id != session._loaded_user_id or session._idle != session._loaded_idle:
-            sql, params = self._sql.update, (sealed, session._user_id, now, expires,
-                                             session._idle, handle, session._version)
+            sql, params = (
+                self._sql.update,
+                (sealed, session._user_id, now, expires, session._idle, handle, session._version),
+            )
         else:
             sql, params = self._sql.update_data, (sealed, now, expires, handle, session._version)
         if self.database.execute_sql(sql, params).rowcount != 1:
@@ -199,7 +216,8 @@ class SessionWrites:
             with self._transaction():
                 self._insert(session, plaintext)
                 cursor = self.database.execute_sql(
-                    self._sql.delete_version, (old["_handle"], old["_version"]))
+                    self._sql.delete_version, (old["_handle"], old["_version"])
+                )
                 if cursor.rowcount != 1:
                     raise _Conflict
         except BaseException:

@@ -79,6 +79,7 @@ def current_pid(backend: str, store: SessionStore) -> int:
 
 # -- ways to fail the database ------------------------------------------------------------
 
+
 class Stall:
     """Hold up the app's next statement on ``table`` with an admin lock, then kill it.
 
@@ -131,12 +132,16 @@ class Stall:
 
     def _kill_the_waiter(self, watcher: peewee.Database) -> None:
         if self.backend == "postgres":
-            sql = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                   "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' "
-                   "AND query LIKE %s")
+            sql = (
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' "
+                "AND query LIKE %s"
+            )
         else:
-            sql = ("SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
-                   "AND STATE LIKE '%%lock%%' AND INFO LIKE %s")
+            sql = (
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+                "AND STATE LIKE '%%lock%%' AND INFO LIKE %s"
+            )
         self._ready.set()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -233,6 +238,7 @@ def _abort(sock: socket.socket) -> None:
 
 # -- the apps -----------------------------------------------------------------------------
 
+
 class App:
     """One adapter around a store, with routes that count, read, log out and tell the pid.
 
@@ -243,8 +249,11 @@ class App:
     def __init__(self, kind: str, store: SessionStore, backend: str) -> None:
         self.kind, self.store, self.backend = kind, store, backend
         self.inside: Callable[[], None] = lambda: None
-        self.app: Any = {"bottle": self._bottle, "falcon-wsgi": self._falcon,
-                         "falcon-asgi": self._falcon}[kind]()
+        self.app: Any = {
+            "bottle": self._bottle,
+            "falcon-wsgi": self._falcon,
+            "falcon-asgi": self._falcon,
+        }[kind]()
 
     def _count(self, session: Any) -> dict[str, Any]:
         session["n"] = session.get("n", 0) + 1
@@ -278,9 +287,14 @@ class App:
     def _falcon(self) -> falcon.App:
         asgi = self.kind == "falcon-asgi"
         app = (falcon.asgi.App if asgi else falcon.App)(
-            middleware=[StoredSessionMiddleware(self.store)])
-        for path, handler in (("/count", self._count), ("/logout", self._logout),
-                              ("/read", self._read), ("/pid", self._pid)):
+            middleware=[StoredSessionMiddleware(self.store)]
+        )
+        for path, handler in (
+            ("/count", self._count),
+            ("/logout", self._logout),
+            ("/read", self._read),
+            ("/pid", self._pid),
+        ):
             app.add_route(path, _resource(handler, asgi))
         return app
 
@@ -295,8 +309,7 @@ class App:
         headers = {"Cookie": cookie} if cookie else {}
         async with httpx.AsyncClient(transport=transport, base_url="http://example.com") as c:
             response = await c.get(path, headers=headers)
-        return Reply(response.status_code, list(response.headers.multi_items()),
-                     response.content)
+        return Reply(response.status_code, list(response.headers.multi_items()), response.content)
 
 
 def _resource(handler: Callable[[Any], Any], asgi: bool) -> object:
@@ -307,6 +320,7 @@ def _resource(handler: Callable[[Any], Any], asgi: bool) -> object:
             resp.text = out
 
     if asgi:
+
         class Async:
             async def on_get(self, req: Any, resp: Any) -> None:
                 # Blocking work (the faults' admin connections) goes off the event loop.
@@ -322,8 +336,9 @@ def _resource(handler: Callable[[Any], Any], asgi: bool) -> object:
 
 
 @pytest.fixture
-def setup(server: tuple[str, str], keys: list[str],
-          table_name: str) -> Iterator[Callable[..., tuple[App, SessionStore]]]:
+def setup(
+    server: tuple[str, str], keys: list[str], table_name: str
+) -> Iterator[Callable[..., tuple[App, SessionStore]]]:
     """Build ``(app, healthy store)`` on a fresh table; ``url`` defaults to the server's."""
     backend, url = server
     built: list[SessionStore] = []
@@ -383,8 +398,7 @@ PHASES = ("load", "create", "save", "delete")
 
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("kind", ADAPTERS)
-def test_connection_killed_during_the_statement(setup, server, table_name, kind,
-                                                phase) -> None:
+def test_connection_killed_during_the_statement(setup, server, table_name, kind, phase) -> None:
     backend, url = server
     app, healthy = setup(kind)
     pair = app.get("/count").session_pair()
@@ -464,8 +478,11 @@ def test_an_exhausted_pool_answers_503(setup, kind) -> None:
     holder.start()
     try:
         assert taken.wait(10)
-        for reply in (app.get("/count", cookie=pair), app.get("/count"),
-                      app.get("/logout", cookie=pair)):
+        for reply in (
+            app.get("/count", cookie=pair),
+            app.get("/count"),
+            app.get("/logout", cookie=pair),
+        ):
             assert_failed_cleanly(reply)
     finally:
         release.set()

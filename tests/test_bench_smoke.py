@@ -21,14 +21,22 @@ def test_benchmark_smoke_run(tmp_path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--expiry", "1", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ratio" in result.stdout and "expiry sweep" in result.stdout
     report = json.loads(out.read_text())
     for backend in ("sqlite", "postgres", "mysql"):
         assert report["backends"][backend]["queries"] == {
-            "untouched": 0, "read": 1, "write": 2, "new session": 1, "hostile cookie": 0,
+            "untouched": 0,
+            "read": 1,
+            "write": 2,
+            "new session": 1,
+            "hostile cookie": 0,
         }
         sweep = report["expiry"][backend]
         assert sweep["exit_code"] == 0 and sweep["errors"] == 0

@@ -60,6 +60,7 @@ def install(app: bottle.Bottle, store: SessionStore, **options: Any) -> StoredSe
 
 # -- the scenarios ----------------------------------------------------------------------
 
+
 def test_counter_across_requests(app, call, store) -> None:
     install(app, store)
     first = call("/count")
@@ -72,8 +73,9 @@ def test_counter_across_requests(app, call, store) -> None:
     assert len(fetch_rows(store)) == 1
 
 
-def test_untouched_or_missing_key_sets_no_cookie_and_no_row(app, call, store,
-                                                            count_queries) -> None:
+def test_untouched_or_missing_key_sets_no_cookie_and_no_row(
+    app, call, store, count_queries
+) -> None:
     install(app, store)
     with count_queries(store) as q:
         untouched = call("/untouched")
@@ -85,8 +87,9 @@ def test_untouched_or_missing_key_sets_no_cookie_and_no_row(app, call, store,
     assert fetch_rows(store) == []
 
 
-def test_read_only_request_resends_no_cookie_until_touch_interval(app, call, store, clock,
-                                                                  count_queries) -> None:
+def test_read_only_request_resends_no_cookie_until_touch_interval(
+    app, call, store, clock, count_queries
+) -> None:
     install(app, store)
     pair = call("/count").session_pair()
     clock.advance(30)
@@ -102,10 +105,17 @@ def test_read_only_request_resends_no_cookie_until_touch_interval(app, call, sto
     assert refreshed.cookie().max_age == 14 * 86400
 
 
-@pytest.mark.parametrize(("path", "with_cookie", "queries"), [
-    ("/untouched", False, 0), ("/untouched", True, 0), ("/read", True, 1),
-    ("/count", True, 2), ("/count", False, 1),
-], ids=["untouched", "untouched-cookie", "read", "modify", "new"])
+@pytest.mark.parametrize(
+    ("path", "with_cookie", "queries"),
+    [
+        ("/untouched", False, 0),
+        ("/untouched", True, 0),
+        ("/read", True, 1),
+        ("/count", True, 2),
+        ("/count", False, 1),
+    ],
+    ids=["untouched", "untouched-cookie", "read", "modify", "new"],
+)
 def test_query_counts(app, call, store, count_queries, path, with_cookie, queries) -> None:
     install(app, store)
     pair = call("/count").session_pair() if with_cookie else None
@@ -164,8 +174,7 @@ def test_returned_response_carries_the_cookie(app, call, store) -> None:
 
 
 def test_logout_sends_a_deletion_cookie_and_removes_the_row(app, call, store) -> None:
-    install(app, store, cookie_domain="example.com", cookie_path="/",
-            cookie_samesite="Strict")
+    install(app, store, cookie_domain="example.com", cookie_path="/", cookie_samesite="Strict")
     pair = call("/count", https=True).session_pair()
     reply = call("/logout", cookie=pair, https=True)
     deletion = reply.cookie()
@@ -180,8 +189,7 @@ def test_logout_sends_a_deletion_cookie_and_removes_the_row(app, call, store) ->
 
 
 @pytest.mark.parametrize("catchall", [True, False])
-def test_exception_saves_nothing_and_returns_the_connection(app, call, store,
-                                                            catchall) -> None:
+def test_exception_saves_nothing_and_returns_the_connection(app, call, store, catchall) -> None:
     install(app, store)
     app.config["catchall"] = catchall
 
@@ -230,20 +238,32 @@ def test_hostile_cookies_never_cause_a_500(app, call, store, kind) -> None:
     assert dict(store.load(stored.id)) == {"owner": "someone else"}
 
 
-@pytest.mark.parametrize(("https", "secure_option", "secure"), [
-    (False, None, False), (True, None, True), (False, True, True), (True, False, False),
-])
+@pytest.mark.parametrize(
+    ("https", "secure_option", "secure"),
+    [
+        (False, None, False),
+        (True, None, True),
+        (False, True, True),
+        (True, False, False),
+    ],
+)
 def test_cookie_attributes(app, call, store, https, secure_option, secure) -> None:
-    install(app, store, cookie_name="sid", cookie_path="/app", cookie_domain="example.com",
-            cookie_secure=secure_option, cookie_samesite="strict")
+    install(
+        app,
+        store,
+        cookie_name="sid",
+        cookie_path="/app",
+        cookie_domain="example.com",
+        cookie_secure=secure_option,
+        cookie_samesite="strict",
+    )
     reply = call("/count", https=https)
     assert_custom_cookie(reply, secure)
 
 
 def test_forwarded_headers_never_make_the_cookie_secure(app, call, store) -> None:
     install(app, store)
-    reply = call("/count", headers={"X-Forwarded-Proto": "https",
-                                    "Forwarded": "proto=https"})
+    reply = call("/count", headers={"X-Forwarded-Proto": "https", "Forwarded": "proto=https"})
     assert "secure" not in reply.cookie().attrs
 
 
@@ -387,8 +407,9 @@ def test_a_custom_keyword_and_a_duplicate_plugin(app, call, store) -> None:
 
 
 @pytest.mark.parametrize("order", ["garbage-first", "two-valid", "joined-fields"])
-def test_a_cookie_sent_twice_uses_the_first_well_formed_value(app, call, store, order,
-                                                              count_queries) -> None:
+def test_a_cookie_sent_twice_uses_the_first_well_formed_value(
+    app, call, store, order, count_queries
+) -> None:
     install(app, store)
     first = call("/count").session_pair()
     other = call("/count").session_pair()
@@ -405,6 +426,7 @@ def test_a_cookie_sent_twice_uses_the_first_well_formed_value(app, call, store, 
 
 # -- a failing database -----------------------------------------------------------------
 
+
 def test_a_missing_table_answers_503_without_a_cookie(app, call, store) -> None:
     install(app, store)
     pair = call("/count").session_pair()
@@ -415,9 +437,11 @@ def test_a_missing_table_answers_503_without_a_cookie(app, call, store) -> None:
 
 
 def test_an_unreachable_database_answers_503(app, call, backend, keys) -> None:
-    url = {"sqlite": "sqlite:////nonexistent-dir/sessions.db",
-           "postgres": "postgresql://postgres@127.0.0.1:9/test",
-           "mysql": "mysql://root@127.0.0.1:9/test"}[backend]
+    url = {
+        "sqlite": "sqlite:////nonexistent-dir/sessions.db",
+        "postgres": "postgresql://postgres@127.0.0.1:9/test",
+        "mysql": "mysql://root@127.0.0.1:9/test",
+    }[backend]
     install(app, SessionStore(url, keys=keys))
     cookie = "session=" + "A" * 43
     assert call("/read", cookie=cookie).status == 503
@@ -440,4 +464,3 @@ def test_a_handler_that_swallows_the_failure_still_gets_503(app, call, store) ->
     store.drop_table()
     reply = call("/swallow", cookie=pair)
     assert reply.status == 503 and reply.set_cookies == []
-

@@ -39,8 +39,14 @@ OUTPUT = REPO / "test-output"
 APPS = {"bottle": "examples.bottle_demo", "falcon": "examples.falcon_demo"}
 CHROMIUM = os.environ.get("STOREDSESSION_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 START_SECONDS = 60  # for a demo to print its address, on a busy machine
 STOP_SECONDS = 10
@@ -61,21 +67,33 @@ def _environment(keys: str | None) -> dict[str, str]:
 def running(app: str, folder: Path, *, keys: str | None = None) -> Iterator[tuple[str, str]]:
     """Run demo ``app`` on ``folder/demo.db``; yield its address and a reader of its output."""
     log = folder / "server.log"
-    command = [sys.executable, "-m", APPS[app], "--port", "0",
-               "--database", f"sqlite:///{folder / 'demo.db'}"]
+    command = [
+        sys.executable,
+        "-m",
+        APPS[app],
+        "--port",
+        "0",
+        "--database",
+        f"sqlite:///{folder / 'demo.db'}",
+    ]
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO, env=_environment(keys),
-                                   stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=_environment(keys),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + START_SECONDS
         while not (found := ADDRESS.search(log.read_text())):
             if process.poll() is not None:
-                pytest.fail(f"The {app} demo exited with {process.returncode}:\n"
-                            f"{log.read_text()}")
+                pytest.fail(f"The {app} demo exited with {process.returncode}:\n{log.read_text()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"The {app} demo printed no address in {START_SECONDS} s:\n"
-                            f"{log.read_text()}")
+                pytest.fail(
+                    f"The {app} demo printed no address in {START_SECONDS} s:\n{log.read_text()}"
+                )
             time.sleep(0.1)
         yield found.group(1), log.read_text()
     finally:
@@ -95,8 +113,9 @@ class Demo:
 
 
 @pytest.fixture(scope="module", params=sorted(APPS))
-def demo(request: pytest.FixtureRequest,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+def demo(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Demo]:
     """A demo app started as a newcomer would: no STOREDSESSION_KEYS, its own key file."""
     folder = tmp_path_factory.mktemp(request.param)
     with running(request.param, folder) as (url, output):
@@ -121,7 +140,12 @@ def test_keys_from_the_environment_make_no_key_file(app: str, tmp_path: Path) ->
 def test_a_database_server_needs_keys_from_the_environment(app: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", APPS[app], "--database", "postgresql://nobody@127.0.0.1/none"],
-        cwd=REPO, env=_environment(None), capture_output=True, text=True, timeout=60)
+        cwd=REPO,
+        env=_environment(None),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert result.stderr.startswith("Error: Without STOREDSESSION_KEYS")
 
@@ -134,15 +158,18 @@ def browser() -> Iterator[Any]:
     if sync_playwright is None:
         problem = "Playwright for Python is not installed (pip install -e '.[test]')"
     elif not os.access(CHROMIUM, os.X_OK):
-        problem = (f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
-                   "STOREDSESSION_TEST_CHROMIUM)")
+        problem = (
+            f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
+            "STOREDSESSION_TEST_CHROMIUM)"
+        )
     if problem:
         if REQUIRE_ALL:
             pytest.fail(f"Browser tests: {problem} (STOREDSESSION_REQUIRE_ALL_BACKENDS=1).")
         pytest.skip(f"Browser tests: {problem}.")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000
+        )
         try:
             yield chromium
         finally:
@@ -230,8 +257,7 @@ def test_sign_in_count_and_sign_out(demo: Demo, new_page: Callable[[], Page]) ->
     assert "alice" not in page.content()
 
 
-def test_cart_survives_sign_in_and_escapes_input(demo: Demo,
-                                                  new_page: Callable[[], Page]) -> None:
+def test_cart_survives_sign_in_and_escapes_input(demo: Demo, new_page: Callable[[], Page]) -> None:
     page = new_page()
     page.goto(demo.url)
     for item in ("apple", "<i>pear</i>"):
@@ -250,8 +276,7 @@ def test_cart_survives_sign_in_and_escapes_input(demo: Demo,
     expect(cart).to_have_text(["<i>pear</i>"])
 
 
-def test_sign_out_one_device_and_everywhere_else(demo: Demo,
-                                                 new_page: Callable[[], Page]) -> None:
+def test_sign_out_one_device_and_everywhere_else(demo: Demo, new_page: Callable[[], Page]) -> None:
     first, second, third = new_page(), new_page(), new_page()
     for page in (first, second, third):
         sign_in(page, demo, "bob")
@@ -272,7 +297,8 @@ def test_sign_out_one_device_and_everywhere_else(demo: Demo,
     # "Sign out" on one row ends that device's session only.
     third_handle = handle(third)
     first.locator(f'tr[data-handle="{third_handle}"]').get_by_role(
-        "button", name="Sign out").click()
+        "button", name="Sign out"
+    ).click()
     expect(first.locator("#flash")).to_have_text("That session is signed out.")
     expect(rows).to_have_count(2)
     third.reload()
@@ -297,10 +323,17 @@ def test_another_page_cannot_sign_you_out(demo: Demo, new_page: Callable[[], Pag
     # SameSite=Lax cookie with its form: only the CSRF token stops it.
     # Playwright answers for it: nothing listens there.
     hostile = "http://127.0.0.1:65001/"
-    page.route(hostile, lambda route: route.fulfill(content_type="text/html", body=(
-        f'<form method="post" action="{demo.url}signout">'
-        '<input type="hidden" name="csrf" value="guessed"></form>'
-        "<script>document.forms[0].submit()</script>")))
+    page.route(
+        hostile,
+        lambda route: route.fulfill(
+            content_type="text/html",
+            body=(
+                f'<form method="post" action="{demo.url}signout">'
+                '<input type="hidden" name="csrf" value="guessed"></form>'
+                "<script>document.forms[0].submit()</script>"
+            ),
+        ),
+    )
     page.goto(hostile)
     expect(page.locator("#error")).to_contain_text("nothing was done")
     assert page.url == demo.url + "signout"

@@ -34,20 +34,27 @@ DB_COMMANDS = [["init"], ["expire"], ["expire", "--dry-run"], ["stats"], ["rotat
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
     """Run ``storedsession ARGS`` in-process, with no STOREDSESSION_* settings but ``env``."""
-    clean: dict[str, str | None] = {"STOREDSESSION_KEYS": None,
-                                    "STOREDSESSION_DATABASE_URL": None}
+    clean: dict[str, str | None] = {"STOREDSESSION_KEYS": None, "STOREDSESSION_DATABASE_URL": None}
     return CliRunner().invoke(cli, list(args), env={**clean, **(env or {})})
 
 
-def script(name: str, *args: str, env: dict[str, str] | None = None,
-           **options: Any) -> subprocess.CompletedProcess[str]:
+def script(
+    name: str, *args: str, env: dict[str, str] | None = None, **options: Any
+) -> subprocess.CompletedProcess[str]:
     """Run an installed console script, with no STOREDSESSION_* settings but ``env``."""
     path = BIN / name
     assert path.exists(), f"{path} is missing: pip install -e '.[test]'"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STOREDSESSION_")}
     options.setdefault("stdout", subprocess.PIPE)
-    return subprocess.run([str(path), *args], env={**clean, **(env or {})}, text=True,
-                          stderr=subprocess.PIPE, timeout=120, check=False, **options)
+    return subprocess.run(
+        [str(path), *args],
+        env={**clean, **(env or {})},
+        text=True,
+        stderr=subprocess.PIPE,
+        timeout=120,
+        check=False,
+        **options,
+    )
 
 
 def assert_ok(result: Result, stdout: str | None = None) -> None:
@@ -125,8 +132,7 @@ def test_init_creates_the_table_once(db, database_url, table_name, keys, drop_af
     store.close()
 
 
-def test_init_indexes_each_table_beside_another(db, database_url, table_name,
-                                                drop_after) -> None:
+def test_init_indexes_each_table_beside_another(db, database_url, table_name, drop_after) -> None:
     other = table_name + "_b"
     drop_after(other)
     assert_ok(invoke("init", *db))
@@ -156,11 +162,11 @@ def test_dry_run_counts_and_removes_none(db, past, live) -> None:
     assert handles(live) == before
 
 
-def test_expire_takes_the_database_from_the_environment(database_url, table_name,
-                                                        past) -> None:
+def test_expire_takes_the_database_from_the_environment(database_url, table_name, past) -> None:
     add(past, 1)
-    result = invoke("expire", "--table", table_name,
-                    env={"STOREDSESSION_DATABASE_URL": database_url})
+    result = invoke(
+        "expire", "--table", table_name, env={"STOREDSESSION_DATABASE_URL": database_url}
+    )
     assert_ok(result, "Expired 1 sessions.\n")
 
 
@@ -172,10 +178,14 @@ def test_expire_console_script_needs_no_keys(db, past, live) -> None:
     done = script("storedsession-expire", *db)
     assert (done.returncode, done.stdout, done.stderr) == (0, "Expired 2 sessions.\n", "")
     assert handles(live) == kept
-    again = subprocess.run([sys.executable, "-m", "storedsession", "expire", *db],
-                           env={k: v for k, v in os.environ.items()
-                                if not k.startswith("STOREDSESSION_")},
-                           capture_output=True, text=True, timeout=120, check=False)
+    again = subprocess.run(
+        [sys.executable, "-m", "storedsession", "expire", *db],
+        env={k: v for k, v in os.environ.items() if not k.startswith("STOREDSESSION_")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert (again.returncode, again.stdout) == (0, "No sessions to expire.\n")
 
 
@@ -206,8 +216,9 @@ def test_progress_bars_on_a_terminal_only(db, past, live, keys) -> None:
     assert code == 0
     assert "Expiring sessions" in output and "Expired 3 sessions." in output
     new_key = generate_key()
-    code, output = _on_a_terminal("storedsession", "rotate-keys", *db,
-                                  env={"STOREDSESSION_KEYS": f"{new_key},{keys[0]}"})
+    code, output = _on_a_terminal(
+        "storedsession", "rotate-keys", *db, env={"STOREDSESSION_KEYS": f"{new_key},{keys[0]}"}
+    )
     assert code == 0
     assert "Re-encrypting sessions" in output and "Re-encrypted 1 sessions" in output
     # Not on a terminal: the summary alone.
@@ -233,8 +244,14 @@ def rotation_setup(make_store: Callable[..., SessionStore], keys: list[str]) -> 
     current = add(make_store(clock=None, keys=[new_key, keys[0]]), 1)
     foreign_store = make_store(clock=None, keys=[generate_key()])
     foreign = add(foreign_store, 1)
-    return {"new_key": new_key, "old_key": keys[0], "old": old, "current": current,
-            "foreign": foreign, "rows": {row[0]: row for row in fetch_rows(foreign_store)}}
+    return {
+        "new_key": new_key,
+        "old_key": keys[0],
+        "old": old,
+        "current": current,
+        "foreign": foreign,
+        "rows": {row[0]: row for row in fetch_rows(foreign_store)},
+    }
 
 
 def _check_rotated(setup: dict[str, Any], make_store: Callable[..., SessionStore]) -> None:
@@ -254,21 +271,32 @@ def _check_rotated(setup: dict[str, Any], make_store: Callable[..., SessionStore
 def test_rotate_keys_from_the_environment(db, rotation_setup, make_store) -> None:
     env = {"STOREDSESSION_KEYS": f"{rotation_setup['new_key']},{rotation_setup['old_key']}"}
     result = invoke("rotate-keys", "--batch-size", "2", *db, env=env)
-    assert_ok(result, "Re-encrypted 3 sessions under the first key; 1 were under it "
-                      "already; 1 could not be read with any key and were left untouched.\n")
+    assert_ok(
+        result,
+        "Re-encrypted 3 sessions under the first key; 1 were under it "
+        "already; 1 could not be read with any key and were left untouched.\n",
+    )
     _check_rotated(rotation_setup, make_store)
     again = invoke("rotate-keys", *db, env=env)
     assert again.stdout.startswith("Re-encrypted 0 sessions under the first key; 4 were")
 
 
-def test_rotate_keys_console_script_with_a_keys_file(db, rotation_setup, make_store,
-                                                     tmp_path) -> None:
+def test_rotate_keys_console_script_with_a_keys_file(
+    db, rotation_setup, make_store, tmp_path
+) -> None:
     keys_file = tmp_path / "keys"
-    keys_file.write_text(f"# newest first\n{rotation_setup['new_key']}\n\n"
-                         f"{rotation_setup['old_key']}\n")
+    keys_file.write_text(
+        f"# newest first\n{rotation_setup['new_key']}\n\n{rotation_setup['old_key']}\n"
+    )
     # The file wins over the environment.
-    done = script("storedsession", "rotate-keys", "--keys-file", str(keys_file), *db,
-                  env={"STOREDSESSION_KEYS": generate_key()})
+    done = script(
+        "storedsession",
+        "rotate-keys",
+        "--keys-file",
+        str(keys_file),
+        *db,
+        env={"STOREDSESSION_KEYS": generate_key()},
+    )
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.startswith("Re-encrypted 3 sessions under the first key; 1 were")
     _check_rotated(rotation_setup, make_store)
@@ -319,8 +347,9 @@ def test_rotation_never_overwrites_a_live_save(make_store, keys) -> None:
 
 # -- stats ----------------------------------------------------------------------------
 def _figures(output: str) -> dict[str, str]:
-    return {key: value.strip() for key, value in
-            (line.split(":", 1) for line in output.splitlines())}
+    return {
+        key: value.strip() for key, value in (line.split(":", 1) for line in output.splitlines())
+    }
 
 
 def test_stats_figures(db, past, live, make_store) -> None:
@@ -337,7 +366,8 @@ def test_stats_figures(db, past, live, make_store) -> None:
     stamp = "%Y-%m-%d %H:%M:%S UTC"
     assert figures["Oldest live, created"] == signed_in[0].created_at.strftime(stamp)
     assert figures["Newest live, created"] == max(
-        s.created_at for s in signed_in + forever + newest).strftime(stamp)
+        s.created_at for s in signed_in + forever + newest
+    ).strftime(stamp)
     size = figures["Size"]
     assert size != "unknown" and not size.startswith("0 bytes")
     assert live.table_name in figures["Table"]
@@ -350,14 +380,16 @@ def test_stats_of_an_empty_table(db, live) -> None:
 
 # -- install-migration ----------------------------------------------------------------
 def _schema(database: peewee.Database, table: str) -> tuple[Any, ...]:
-    columns = sorted((c.name, c.data_type.lower(), c.null, c.primary_key)
-                     for c in database.get_columns(table))
+    columns = sorted(
+        (c.name, c.data_type.lower(), c.null, c.primary_key) for c in database.get_columns(table)
+    )
     indexes = sorted((tuple(i.columns), i.unique) for i in database.get_indexes(table))
     return tuple(columns), tuple(indexes)
 
 
-def test_migration_runs_under_peewees_runner(database_url, table_name, keys, tmp_path,
-                                             drop_after) -> None:
+def test_migration_runs_under_peewees_runner(
+    database_url, table_name, keys, tmp_path, drop_after
+) -> None:
     directory = tmp_path / "migrations"
     directory.mkdir()
     (directory / "0001_earlier.py").write_text("def up(migrator, db):\n    pass\n")
@@ -400,8 +432,9 @@ def test_no_database_given(command, keys) -> None:
 @pytest.mark.parametrize("server", sorted(SECRET_URLS))
 @pytest.mark.parametrize("command", DB_COMMANDS, ids=" ".join)
 def test_unreachable_server_without_the_password(command, server, keys) -> None:
-    result = invoke(*command, "--database", SECRET_URLS[server],
-                    env={"STOREDSESSION_KEYS": keys[0]})
+    result = invoke(
+        *command, "--database", SECRET_URLS[server], env={"STOREDSESSION_KEYS": keys[0]}
+    )
     line = assert_error(result, 3, "cannot be reached", ":***@127.0.0.1:1/test")
     assert "s3cr" not in result.output and "40t" not in line
 
@@ -432,19 +465,24 @@ def test_missing_table(command, db, table_name, keys) -> None:
 
 @pytest.mark.parametrize("command", [*DB_COMMANDS, ["install-migration"]], ids=" ".join)
 def test_unusable_table_name(command, database_url, keys, tmp_path) -> None:
-    where = (["--dir", str(tmp_path)] if command == ["install-migration"]
-             else ["--database", database_url])
-    result = invoke(*command, "--table", "no-dashes", *where,
-                    env={"STOREDSESSION_KEYS": keys[0]})
+    where = (
+        ["--dir", str(tmp_path)]
+        if command == ["install-migration"]
+        else ["--database", database_url]
+    )
+    result = invoke(*command, "--table", "no-dashes", *where, env={"STOREDSESSION_KEYS": keys[0]})
     assert_error(result, 2, "'no-dashes' is not usable")
 
 
-@pytest.mark.parametrize(("env_keys", "phrase"), [
-    (None, "No session encryption key in STOREDSESSION_KEYS"),
-    (" , ", "No session encryption key in STOREDSESSION_KEYS"),
-    ("tooshort-but-secret", "Key #1 is not 32 bytes of URL-safe base64"),
-    ("TWICE", "Key #2 is listed twice"),
-])
+@pytest.mark.parametrize(
+    ("env_keys", "phrase"),
+    [
+        (None, "No session encryption key in STOREDSESSION_KEYS"),
+        (" , ", "No session encryption key in STOREDSESSION_KEYS"),
+        ("tooshort-but-secret", "Key #1 is not 32 bytes of URL-safe base64"),
+        ("TWICE", "Key #2 is listed twice"),
+    ],
+)
 def test_bad_or_missing_keys(env_keys, phrase, db, live, keys) -> None:
     if env_keys == "TWICE":
         env_keys = f"{keys[0]},{keys[0]}"
@@ -455,12 +493,15 @@ def test_bad_or_missing_keys(env_keys, phrase, db, live, keys) -> None:
         assert "storedsession generate-key" in line
 
 
-@pytest.mark.parametrize(("content", "phrase"), [
-    (None, "Cannot read the keys file"),
-    (b"\xff\xfe", "Cannot read the keys file"),
-    (b"# only a comment\n\n", "No session encryption key in the keys file"),
-    (b"not-a-key-at-all\n", "Key #1 is not 32 bytes"),
-])
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        (None, "Cannot read the keys file"),
+        (b"\xff\xfe", "Cannot read the keys file"),
+        (b"# only a comment\n\n", "No session encryption key in the keys file"),
+        (b"not-a-key-at-all\n", "Key #1 is not 32 bytes"),
+    ],
+)
 def test_bad_keys_file(content, phrase, db, live, tmp_path) -> None:
     keys_file = tmp_path / "keys"
     if content is not None:

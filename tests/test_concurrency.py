@@ -187,6 +187,10 @@ def test_reapply_rules() -> None:
     ours = {"same": 1, "mine": 2, "gone_there": 2, "num": 1.0, "added": 1}
     theirs = {"same": 1, "mine": 1, "gone_here": 1, "num": 1, "theirs": 1}
     assert reapply(base, ours, theirs) == {
-        "same": 1, "mine": 2, "num": 1.0, "added": 1, "theirs": 1,
+        "same": 1,
+        "mine": 2,
+        "num": 1.0,
+        "added": 1,
+        "theirs": 1,
     }
     assert type(reapply(base, ours, theirs)["num"]) is float  # 1 -> 1.0 is a change

@@ -71,10 +71,13 @@ def test_an_app_database_and_sessions_apart(tmp_path, keys) -> None:
     store.close()
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://postgres:s3cr%40t-pw@127.0.0.1:1/test",
-    "mysql://root:s3cr%40t-pw@127.0.0.1:1/test",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:s3cr%40t-pw@127.0.0.1:1/test",
+        "mysql://root:s3cr%40t-pw@127.0.0.1:1/test",
+    ],
+)
 def test_unreachable_server_is_store_unavailable_without_password(url, keys) -> None:
     store = SessionStore(url, keys=keys)
     for call in (lambda: store.load(ids.new_public_id()), store.create_table):
@@ -89,11 +92,14 @@ def test_unreachable_server_is_store_unavailable_without_password(url, keys) -> 
     assert session.new and session.id is None  # no id points at a session not stored
 
 
-@pytest.mark.parametrize("url", [
-    "nosuchdb://user:s3cr3t-pw@host/db",
-    "postgresql://user:s3cr3t-pw@host",
-    "sqlite://",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nosuchdb://user:s3cr3t-pw@host/db",
+        "postgresql://user:s3cr3t-pw@host",
+        "sqlite://",
+    ],
+)
 def test_bad_urls_are_configuration_errors_without_password(url, keys) -> None:
     with pytest.raises(ConfigurationError) as info:
         SessionStore(url, keys=keys)
@@ -102,9 +108,14 @@ def test_bad_urls_are_configuration_errors_without_password(url, keys) -> None:
 
 def test_bad_options_are_configuration_errors(tmp_path, keys) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
-    for options in ({"table_name": "x; DROP TABLE y"}, {"table_name": ""},
-                    {"max_size": 0}, {"max_size": "1MB"}, {"idle_timeout": -5},
-                    {"touch_interval": "often"}):
+    for options in (
+        {"table_name": "x; DROP TABLE y"},
+        {"table_name": ""},
+        {"max_size": 0},
+        {"max_size": "1MB"},
+        {"idle_timeout": -5},
+        {"touch_interval": "often"},
+    ):
         with pytest.raises(ConfigurationError):
             SessionStore(url, keys=keys, **options)
     with pytest.raises(ConfigurationError):
@@ -153,7 +164,8 @@ def test_mysql_payload_column_is_longblob(tmp_path, keys, table_name) -> None:
         with store.connected():
             row = store.database.execute_sql(
                 "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
-                "DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = 'payload'", (table_name,)
+                "DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = 'payload'",
+                (table_name,),
             ).fetchone()
         assert row[0].lower() == "longblob"
     finally:
@@ -162,8 +174,9 @@ def test_mysql_payload_column_is_longblob(tmp_path, keys, table_name) -> None:
 
 
 @pytest.mark.parametrize("backend", ["postgres", "mysql"])
-def test_reconnects_after_the_server_killed_the_connection(backend, tmp_path, keys,
-                                                          table_name) -> None:
+def test_reconnects_after_the_server_killed_the_connection(
+    backend, tmp_path, keys, table_name
+) -> None:
     url = backend_url(backend, tmp_path)
     scheme, rest = url.split("://", 1)
     store = SessionStore(f"{scheme}+pool://{rest}", keys=keys, table_name=table_name)

@@ -115,9 +115,14 @@ def test_known_answer_rows_load_through_the_store(tmp_path) -> None:
     with store.connected():
         for vector in VECTORS["vectors"]:
             store.model.insert(
-                sid=vector["sid"], payload=bytes.fromhex(vector["envelope"]), user_id=None,
-                created_at=store.now(), last_seen_at=store.now(), expires_at=None,
-                idle_timeout=None, version=1,
+                sid=vector["sid"],
+                payload=bytes.fromhex(vector["envelope"]),
+                user_id=None,
+                created_at=store.now(),
+                last_seen_at=store.now(),
+                expires_at=None,
+                idle_timeout=None,
+                version=1,
             ).execute()
     for vector in VECTORS["vectors"]:
         assert dict(store.load(vector["public_id"])) == vector["data"]
@@ -137,6 +142,8 @@ def test_undecryptable_row_reads_empty_and_logs(make_store, caplog) -> None:
         loaded = stranger.load(session.id)
     assert loaded.new and len(loaded) == 0
     assert any("decrypt" in r.getMessage() for r in caplog.records)
-    assert all("do-not-log-me" not in r.getMessage() and session.id not in r.getMessage()
-               for r in caplog.records)
+    assert all(
+        "do-not-log-me" not in r.getMessage() and session.id not in r.getMessage()
+        for r in caplog.records
+    )
     assert dict(first.load(session.id)) == {"canary": "do-not-log-me"}  # row left in place

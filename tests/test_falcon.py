@@ -30,11 +30,13 @@ def asgi(request: pytest.FixtureRequest) -> bool:
 def _spy(app: Any, asgi: bool, seen: threading.local) -> Any:
     """Wrap ``app`` to record the raw response header lines, as a client gets them."""
     if asgi:
+
         async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
             async def capture(event: dict[str, Any]) -> None:
                 if event["type"] == "http.response.start":
-                    seen.headers = [(k.decode("latin-1"), v.decode("latin-1"))
-                                    for k, v in event["headers"]]
+                    seen.headers = [
+                        (k.decode("latin-1"), v.decode("latin-1")) for k, v in event["headers"]
+                    ]
                 await send(event)
 
             await app(scope, receive, capture)
@@ -77,33 +79,48 @@ class Client:
     def __init__(self, asgi: bool, store: SessionStore, **options: Any) -> None:
         self.asgi = asgi
         self.app = (falcon.asgi.App if asgi else falcon.App)(
-            middleware=[StoredSessionMiddleware(store, **options)])
+            middleware=[StoredSessionMiddleware(store, **options)]
+        )
         self._seen = threading.local()
         self.wire = _spy(self.app, asgi, self._seen)
         self.client = falcon.testing.TestClient(self.wire)
-        for path, handler in [("/count", count), ("/read", read),
-                              ("/untouched", untouched), ("/logout", logout)]:
+        for path, handler in [
+            ("/count", count),
+            ("/read", read),
+            ("/untouched", untouched),
+            ("/logout", logout),
+        ]:
             self.route(path, handler)
 
     def route(self, path: str, handler: Handler, **attributes: Any) -> None:
         """Serve ``handler`` at ``path`` from a resource of this app's protocol."""
         if self.asgi:
+
             async def on_get(resource: Any, req: Any, resp: Any) -> None:
                 handler(req, resp)
         else:
+
             def on_get(resource: Any, req: Any, resp: Any) -> None:  # type: ignore[misc]
                 handler(req, resp)
+
         self.app.add_route(path, type("Resource", (), {"on_get": on_get, **attributes})())
 
-    def _options(self, cookie: str | None, https: bool,
-                 headers: dict[str, str] | None) -> dict[str, Any]:
+    def _options(
+        self, cookie: str | None, https: bool, headers: dict[str, str] | None
+    ) -> dict[str, Any]:
         headers = dict(headers or {})
         if cookie is not None:
             headers["Cookie"] = cookie
         return {"headers": headers, "protocol": "https" if https else "http"}
 
-    def get(self, path: str = "/", *, cookie: str | None = None, https: bool = False,
-            headers: dict[str, str] | None = None) -> Reply:
+    def get(
+        self,
+        path: str = "/",
+        *,
+        cookie: str | None = None,
+        https: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
         result = self.client.simulate_get(path, **self._options(cookie, https, headers))
         return Reply(result.status_code, self._seen.headers, result.content)
 
@@ -127,6 +144,7 @@ def client(asgi: bool, store: SessionStore) -> Client:
 
 # -- the scenarios ----------------------------------------------------------------------
 
+
 def test_counter_across_requests(client, store) -> None:
     first = client.get("/count")
     assert first.json == {"n": 1}
@@ -137,8 +155,7 @@ def test_counter_across_requests(client, store) -> None:
     assert len(fetch_rows(store)) == 1
 
 
-def test_untouched_or_missing_key_sets_no_cookie_and_no_row(client, store,
-                                                            count_queries) -> None:
+def test_untouched_or_missing_key_sets_no_cookie_and_no_row(client, store, count_queries) -> None:
     with count_queries(store) as q:
         untouched = client.get("/untouched")
         read = client.get("/read")
@@ -149,8 +166,9 @@ def test_untouched_or_missing_key_sets_no_cookie_and_no_row(client, store,
     assert fetch_rows(store) == []
 
 
-def test_read_only_request_resends_no_cookie_until_touch_interval(client, store, clock,
-                                                                  count_queries) -> None:
+def test_read_only_request_resends_no_cookie_until_touch_interval(
+    client, store, clock, count_queries
+) -> None:
     pair = client.get("/count").session_pair()
     clock.advance(30)
     with count_queries(store) as q:
@@ -164,12 +182,20 @@ def test_read_only_request_resends_no_cookie_until_touch_interval(client, store,
     assert refreshed.cookie().max_age == 14 * 86400
 
 
-@pytest.mark.parametrize(("path", "with_cookie", "wsgi_queries", "asgi_queries"), [
-    ("/untouched", False, 0, 0), ("/untouched", True, 0, 1), ("/read", True, 1, 1),
-    ("/count", True, 2, 2), ("/count", False, 1, 1),
-], ids=["untouched", "untouched-cookie", "read", "modify", "new"])
-def test_query_counts(client, store, count_queries, path, with_cookie, wsgi_queries,
-                      asgi_queries) -> None:
+@pytest.mark.parametrize(
+    ("path", "with_cookie", "wsgi_queries", "asgi_queries"),
+    [
+        ("/untouched", False, 0, 0),
+        ("/untouched", True, 0, 1),
+        ("/read", True, 1, 1),
+        ("/count", True, 2, 2),
+        ("/count", False, 1, 1),
+    ],
+    ids=["untouched", "untouched-cookie", "read", "modify", "new"],
+)
+def test_query_counts(
+    client, store, count_queries, path, with_cookie, wsgi_queries, asgi_queries
+) -> None:
     pair = client.get("/count").session_pair() if with_cookie else None
     with count_queries(store) as q:
         assert client.get(path, cookie=pair).status == 200
@@ -285,20 +311,31 @@ def test_hostile_cookies_never_cause_a_500(client, store, kind) -> None:
     assert dict(store.load(stored.id)) == {"owner": "someone else"}
 
 
-@pytest.mark.parametrize(("https", "secure_option", "secure"), [
-    (False, None, False), (True, None, True), (False, True, True), (True, False, False),
-])
+@pytest.mark.parametrize(
+    ("https", "secure_option", "secure"),
+    [
+        (False, None, False),
+        (True, None, True),
+        (False, True, True),
+        (True, False, False),
+    ],
+)
 def test_cookie_attributes(asgi, store, https, secure_option, secure) -> None:
-    client = Client(asgi, store, cookie_name="sid", cookie_path="/app",
-                    cookie_domain="example.com", cookie_secure=secure_option,
-                    cookie_samesite="strict")
+    client = Client(
+        asgi,
+        store,
+        cookie_name="sid",
+        cookie_path="/app",
+        cookie_domain="example.com",
+        cookie_secure=secure_option,
+        cookie_samesite="strict",
+    )
     reply = client.get("/count", https=https)
     assert_custom_cookie(reply, secure)
 
 
 def test_forwarded_headers_never_make_the_cookie_secure(client) -> None:
-    reply = client.get("/count", headers={"X-Forwarded-Proto": "https",
-                                          "Forwarded": "proto=https"})
+    reply = client.get("/count", headers={"X-Forwarded-Proto": "https", "Forwarded": "proto=https"})
     assert "secure" not in reply.cookie().attrs
 
 
@@ -337,6 +374,7 @@ def test_concurrent_logout_is_not_undone_by_a_slow_request(client, store, caplog
     slow = SlowRequest(lambda: client.get_in_own_loop("/slow", cookie=pair))
 
     if client.asgi:
+
         class Slow:
             async def on_get(self, req: Any, resp: Any) -> None:
                 req.context.session.get("n")
@@ -344,6 +382,7 @@ def test_concurrent_logout_is_not_undone_by_a_slow_request(client, store, caplog
                 assert await asyncio.to_thread(slow.release.wait, 10)
                 req.context.session["cart"] = ["book"]
     else:
+
         class Slow:  # type: ignore[no-redef]
             def on_get(self, req: Any, resp: Any) -> None:
                 req.context.session.get("n")
@@ -380,8 +419,9 @@ def test_a_resource_opts_out(client, store, count_queries) -> None:
 
 
 @pytest.mark.parametrize("order", ["garbage-first", "two-valid", "joined-fields"])
-def test_a_cookie_sent_twice_uses_the_first_well_formed_value(client, store, order,
-                                                              count_queries) -> None:
+def test_a_cookie_sent_twice_uses_the_first_well_formed_value(
+    client, store, order, count_queries
+) -> None:
     first = client.get("/count").session_pair()
     other = client.get("/count").session_pair()
     client.get("/count", cookie=other)
@@ -397,6 +437,7 @@ def test_a_cookie_sent_twice_uses_the_first_well_formed_value(client, store, ord
 
 # -- a failing database -----------------------------------------------------------------
 
+
 def test_a_missing_table_answers_503_without_a_cookie(client, store) -> None:
     pair = client.get("/count").session_pair()
     store.drop_table()
@@ -407,9 +448,11 @@ def test_a_missing_table_answers_503_without_a_cookie(client, store) -> None:
 
 
 def test_an_unreachable_database_answers_503(asgi, backend, keys) -> None:
-    url = {"sqlite": "sqlite:////nonexistent-dir/sessions.db",
-           "postgres": "postgresql://postgres@127.0.0.1:9/test",
-           "mysql": "mysql://root@127.0.0.1:9/test"}[backend]
+    url = {
+        "sqlite": "sqlite:////nonexistent-dir/sessions.db",
+        "postgres": "postgresql://postgres@127.0.0.1:9/test",
+        "mysql": "mysql://root@127.0.0.1:9/test",
+    }[backend]
     client = Client(asgi, SessionStore(url, keys=keys))
     assert client.get("/read", cookie="session=" + "A" * 43).status == 503
     reply = client.get("/count")

@@ -58,7 +58,8 @@ def test_sqlite_disk_full(tmp_path, keys) -> None:
         pages = setup.database.execute_sql("PRAGMA page_count").fetchone()[0]
     setup.close()
     capped = peewee.SqliteDatabase(
-        str(path), pragmas={"journal_mode": "wal", "max_page_count": pages})
+        str(path), pragmas={"journal_mode": "wal", "max_page_count": pages}
+    )
     store = SessionStore(capped, keys=keys)
     session = store.load(sid)
     session["blob"] = "x" * 200_000
@@ -102,8 +103,11 @@ def test_two_sweeps_at_once_beside_live_writes(make_store, clock) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=sweep), threading.Thread(target=sweep),
-               threading.Thread(target=traffic)]
+    threads = [
+        threading.Thread(target=sweep),
+        threading.Thread(target=sweep),
+        threading.Thread(target=traffic),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -142,8 +146,9 @@ def test_rotation_interrupted_after_its_first_batch_then_finished(make_store, ke
         assert dict(new_only.load(public_id)) == {"n": n, "text": "é" * n}
 
 
-def test_two_expire_commands_at_once_beside_live_writes(database_url, table_name, keys,
-                                                         tmp_path) -> None:
+def test_two_expire_commands_at_once_beside_live_writes(
+    database_url, table_name, keys, tmp_path
+) -> None:
     """The console script, twice at once, while traffic writes: the counts add up."""
     import os
     import re
@@ -162,8 +167,15 @@ def test_two_expire_commands_at_once_beside_live_writes(database_url, table_name
         live = [stored(store, n=0) for _ in range(10)]
         script = Path(sys.executable).parent / "storedsession-expire"
         env = {k: v for k, v in os.environ.items() if k != "STOREDSESSION_KEYS"}
-        command = [str(script), "--database", database_url, "--table", table_name,
-                   "--batch-size", "7"]
+        command = [
+            str(script),
+            "--database",
+            database_url,
+            "--table",
+            table_name,
+            "--batch-size",
+            "7",
+        ]
         stop = threading.Event()
         errors: list[BaseException] = []
         writes = [0]
@@ -182,8 +194,12 @@ def test_two_expire_commands_at_once_beside_live_writes(database_url, table_name
 
         writer = threading.Thread(target=traffic)
         writer.start()
-        sweeps = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        sweeps = [
+            subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
         outputs = [sweep.communicate(timeout=120) for sweep in sweeps]
         stop.set()
         writer.join(30)
@@ -192,8 +208,9 @@ def test_two_expire_commands_at_once_beside_live_writes(database_url, table_name
         counts = []
         for stdout, stderr in outputs:
             assert "Traceback" not in stderr
-            found = re.fullmatch(r"Expired (\d+) sessions\.|No sessions to expire\.",
-                                 stdout.strip())
+            found = re.fullmatch(
+                r"Expired (\d+) sessions\.|No sessions to expire\.", stdout.strip()
+            )
             assert found, stdout
             counts.append(int(found.group(1) or 0))
         assert sum(counts) == 300

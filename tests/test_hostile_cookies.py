@@ -39,8 +39,7 @@ CORPUS: dict[str, tuple[Callable[[str, str], str], bool]] = {
     "tab": (lambda live, handle: f"session={live[:42]}\t", False),
     "case-flipped": (lambda live, handle: f"session={_flip(live)}", True),
     "hashed-id": (lambda live, handle: f"session={handle}", False),
-    "sql": (lambda live, handle: "session=' OR '1'='1'; DROP TABLE stored_sessions; --",
-            False),
+    "sql": (lambda live, handle: "session=' OR '1'='1'; DROP TABLE stored_sessions; --", False),
     "quoted": (lambda live, handle: f'session="{live}"', False),
     "twice-both-bad": (lambda live, handle: "session=x; session=" + _flip(live), True),
 }
@@ -103,8 +102,9 @@ def test_hostile_cookie(frontend, store, live, count_queries, kind) -> None:
 
 
 @pytest.mark.parametrize("order", ["hostile-first", "live-first"])
-def test_cookie_sent_twice_uses_the_first_well_formed_value(frontend, store, live,
-                                                             count_queries, order) -> None:
+def test_cookie_sent_twice_uses_the_first_well_formed_value(
+    frontend, store, live, count_queries, order
+) -> None:
     other = frontend.get("/count", None).session_pair().partition("=")[2]
     pairs = [f"session={live[0]}", "session=garbage", f"session={other}"]
     if order == "hostile-first":
@@ -117,7 +117,7 @@ def test_cookie_sent_twice_uses_the_first_well_formed_value(frontend, store, liv
 
 
 def test_a_hostile_cookie_beside_other_cookies(frontend, store, live) -> None:
-    header = f"theme=dark; session={live[0]}; tracking=\"a,b\"; empty="
+    header = f'theme=dark; session={live[0]}; tracking="a,b"; empty='
     reply = frontend.get("/read", header)
     assert reply.status == 200 and reply.json == {"n": 1, "new": False}
 
@@ -128,5 +128,3 @@ def test_every_response_to_a_hostile_cookie_is_boring(frontend, store, live) -> 
             reply = frontend.get(path, make(*live))
             assert reply.status == 200, (kind, path, reply.body)
     assert dict(store.load(live[0])) == {"n": 1}
-
-

@@ -50,6 +50,7 @@ TIMEOUT = 120.0  # seconds: any one socket operation, and the whole of one load
 
 # -- what the clients do, the same for both apps ------------------------------------------
 
+
 def visit(session: Any, client: str | None) -> dict[str, Any]:
     """Count this client's visits; a session that is not its own shows in the answer."""
     session.setdefault("client", client)
@@ -80,8 +81,12 @@ def bottle_app(store: SessionStore) -> bottle.Bottle:
     app.install(StoredSessionPlugin(store))
     request = bottle.request  # thread-local: read its query inside the handler
     app.route("/hit", callback=lambda session: visit(session, request.query.get("client")))
-    app.route("/set", callback=lambda session: set_key(session, request.query.get("key"),
-                                                       request.query.get("value")))
+    app.route(
+        "/set",
+        callback=lambda session: set_key(
+            session, request.query.get("key"), request.query.get("value")
+        ),
+    )
     app.route("/read", callback=lambda session: read(session))
     app.route("/logout", callback=lambda session: logout(session))
     return app
@@ -98,8 +103,9 @@ def falcon_asgi_app(store: SessionStore) -> falcon.asgi.App:
         return Resource()
 
     app.add_route("/hit", resource(lambda s, req: visit(s, req.get_param("client"))))
-    app.add_route("/set", resource(lambda s, req: set_key(s, req.get_param("key"),
-                                                          req.get_param("value"))))
+    app.add_route(
+        "/set", resource(lambda s, req: set_key(s, req.get_param("key"), req.get_param("value")))
+    )
     app.add_route("/read", resource(lambda s, req: read(s)))
     app.add_route("/logout", resource(lambda s, req: logout(s)))
     return app
@@ -107,13 +113,20 @@ def falcon_asgi_app(store: SessionStore) -> falcon.asgi.App:
 
 # -- the servers --------------------------------------------------------------------------
 
+
 class Waitress:
     """The Bottle app under waitress, in a thread of this process."""
 
     def __init__(self, store: SessionStore) -> None:
         self.server: Any = waitress.create_server(
-            bottle_app(store), host="127.0.0.1", port=0, threads=WSGI_THREADS,
-            connection_limit=CLIENTS + 50, channel_timeout=120, asyncore_use_poll=True)
+            bottle_app(store),
+            host="127.0.0.1",
+            port=0,
+            threads=WSGI_THREADS,
+            connection_limit=CLIENTS + 50,
+            channel_timeout=120,
+            asyncore_use_poll=True,
+        )
         self.port = int(self.server.effective_port)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -134,12 +147,18 @@ class Uvicorn:
     def __init__(self, store: SessionStore) -> None:
         self.socket = socket.create_server(("127.0.0.1", 0), backlog=1024)
         self.port = self.socket.getsockname()[1]
-        config = uvicorn.Config(falcon_asgi_app(store), lifespan="off", log_level="warning",
-                                access_log=False, timeout_keep_alive=60,
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            falcon_asgi_app(store),
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=60,
+            timeout_graceful_shutdown=5,
+        )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run,
-                                       kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
@@ -182,16 +201,18 @@ def database(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 
 @pytest.fixture(params=["waitress-bottle", "uvicorn-falcon-asgi"])
-def site(request: pytest.FixtureRequest, database: str, keys: list[str],
-         table_name: str) -> Iterator[Site]:
+def site(
+    request: pytest.FixtureRequest, database: str, keys: list[str], table_name: str
+) -> Iterator[Site]:
     """A server on a loopback port with its app on a fresh table, stopped afterwards."""
     url = database
     assert_room_for_the_pool(url)
     healthy = SessionStore(url, keys=keys, table_name=table_name)
     healthy.create_table()
     scheme, rest = url.split("://", 1)
-    store = SessionStore(f"{scheme}+pool://{rest}?max_connections={POOL}", keys=keys,
-                         table_name=table_name)
+    store = SessionStore(
+        f"{scheme}+pool://{rest}?max_connections={POOL}", keys=keys, table_name=table_name
+    )
     server: Waitress | Uvicorn | None = None
     try:
         server = (Waitress if request.param == "waitress-bottle" else Uvicorn)(store)
@@ -205,6 +226,7 @@ def site(request: pytest.FixtureRequest, database: str, keys: list[str],
 
 
 # -- the load generator -------------------------------------------------------------------
+
 
 class Browser:
     """One keep-alive HTTP client that keeps the session cookie it is given."""
@@ -220,8 +242,9 @@ class Browser:
         self.connection.request("GET", path, headers=headers)
         response = self.connection.getresponse()
         body = response.read()
-        self.set_cookies = [SetCookie.parse(line)
-                            for line in response.headers.get_all("Set-Cookie") or []]
+        self.set_cookies = [
+            SetCookie.parse(line) for line in response.headers.get_all("Set-Cookie") or []
+        ]
         for cookie in self.set_cookies:
             if cookie.name == "session" and cookie.max_age != 0:
                 self.cookie = f"session={cookie.value}"
@@ -270,6 +293,7 @@ def public_id(cookie: str | None) -> str:
 
 # -- the scenarios ------------------------------------------------------------------------
 
+
 def test_hundreds_of_clients_each_keep_their_own_count(site: Site) -> None:
     cookies: list[str | None] = [None] * CLIENTS
 
@@ -285,13 +309,14 @@ def test_hundreds_of_clients_each_keep_their_own_count(site: Site) -> None:
             browser.close()
 
     elapsed = run_at_once(CLIENTS, client)
-    print(f"\n{CLIENTS} clients x {REQUESTS} requests: {elapsed:.2f} s, "
-          f"{CLIENTS * REQUESTS / elapsed:.0f} requests/s")
+    print(
+        f"\n{CLIENTS} clients x {REQUESTS} requests: {elapsed:.2f} s, "
+        f"{CLIENTS * REQUESTS / elapsed:.0f} requests/s"
+    )
     assert len(set(cookies)) == CLIENTS
     assert len(fetch_rows(site.healthy)) == CLIENTS
     for number, cookie in enumerate(cookies):
-        assert dict(site.healthy.load(public_id(cookie))) == {"client": f"c{number}",
-                                                              "n": REQUESTS}
+        assert dict(site.healthy.load(public_id(cookie))) == {"client": f"c{number}", "n": REQUESTS}
 
 
 def test_one_session_many_keys_at_once_loses_nothing(site: Site) -> None:

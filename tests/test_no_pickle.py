@@ -36,7 +36,9 @@ LIFECYCLE = textwrap.dedent(
 def test_core_runs_a_lifecycle_with_pickle_and_marshal_poisoned(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", LIFECYCLE, f"sqlite:///{tmp_path}/s.db"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "lifecycle ok" in result.stdout

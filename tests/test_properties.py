@@ -26,8 +26,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=30,
 )
 session_data = st.dictionaries(st.text(max_size=12), json_values, max_size=6)
@@ -59,8 +60,9 @@ def test_any_json_value_round_trips_exactly(store: SessionStore, data) -> None:
 
 
 @FIXTURE_SETTINGS
-@given(text=st.text(alphabet=st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF),
-                    min_size=1))
+@given(
+    text=st.text(alphabet=st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF), min_size=1)
+)
 def test_astral_text_round_trips(store: SessionStore, text) -> None:
     session = store.load(None)
     session[text] = text

@@ -44,8 +44,10 @@ def test_signals_carry_the_hashed_id_only(store: SessionStore, received, clock) 
         "session_write",  # insert
         "session_read",
         "session_write",  # update
-        "session_write", "session_delete",  # regenerate: insert new, delete old
-        "session_read", "session_delete",
+        "session_write",
+        "session_delete",  # regenerate: insert new, delete old
+        "session_read",
+        "session_delete",
         "sessions_expired",
     ]
     sids = [kwargs["sid"] for _, kwargs in received if "sid" in kwargs]
@@ -94,9 +96,9 @@ def test_security_events_use_the_security_logger(store: SessionStore, caplog) ->
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
 
 
-def test_errors_and_cli_output_hold_no_id_key_or_value(make_store, keys, database_url,
-                                                       table_name, caplog, clock,
-                                                       monkeypatch) -> None:
+def test_errors_and_cli_output_hold_no_id_key_or_value(
+    make_store, keys, database_url, table_name, caplog, clock, monkeypatch
+) -> None:
     """Database down, tampering, rotation and the CLI: no secret in any text."""
     from click.testing import CliRunner
 
@@ -118,8 +120,11 @@ def test_errors_and_cli_output_hold_no_id_key_or_value(make_store, keys, databas
             model.update(payload=bytes(payload)).where(model.sid == session.handle).execute()
         store.load(public_id)
         store.drop_table()  # the database "goes down" for this table
-        for call in (lambda: store.load(public_id), lambda: store.save(session),
-                     lambda: store.delete(session)):
+        for call in (
+            lambda: store.load(public_id),
+            lambda: store.save(session),
+            lambda: store.delete(session),
+        ):
             try:
                 call()
             except StoreUnavailable as exc:
@@ -133,10 +138,8 @@ def test_errors_and_cli_output_hold_no_id_key_or_value(make_store, keys, databas
         new_key = generate_key()
         monkeypatch.setenv("STOREDSESSION_KEYS", f"{new_key},{keys[0]}")
         runner = CliRunner()
-        for args in (["stats"], ["expire", "--dry-run"], ["expire"], ["rotate-keys"],
-                     ["init"]):
-            result = runner.invoke(cli, [*args, "--database", database_url,
-                                         "--table", table_name])
+        for args in (["stats"], ["expire", "--dry-run"], ["expire"], ["rotate-keys"], ["init"]):
+            result = runner.invoke(cli, [*args, "--database", database_url, "--table", table_name])
             assert result.exit_code == 0, result.output
             texts.append(result.output)
     texts += [record.getMessage() for record in caplog.records]

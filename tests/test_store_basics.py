@@ -52,7 +52,8 @@ def test_stored_row_holds_no_public_id_and_no_plaintext(store: SessionStore) -> 
     rows = fetch_rows(store)
     assert len(rows) == 1
     dump = repr(rows).encode() + b"".join(
-        bytes(v) for v in rows[0] if isinstance(v, bytes | memoryview | bytearray))
+        bytes(v) for v in rows[0] if isinstance(v, bytes | memoryview | bytearray)
+    )
     assert session.id.encode() not in dump
     assert b"plaintext-canary-7731" not in dump
     assert session.handle.encode() in dump  # only the hash is stored
@@ -346,7 +347,8 @@ def test_reading_scalars_needs_no_serialization(store: SessionStore, monkeypatch
 
 
 def test_ciphertext_copied_to_another_table_with_the_same_keys_reads_empty(
-        make_store, table_name, caplog) -> None:
+    make_store, table_name, caplog
+) -> None:
     first = make_store()
     second = make_store(table_name=table_name + "_b")
     session = first.load(None)
@@ -356,9 +358,15 @@ def test_ciphertext_copied_to_another_table_with_the_same_keys_reads_empty(
         row = first.model.get(first.model.sid == session.handle)
     with second.connected():  # the same row, byte for byte, in the other table
         second.model.insert(
-            sid=row.sid, payload=row.payload, user_id=row.user_id, created_at=row.created_at,
-            last_seen_at=row.last_seen_at, expires_at=row.expires_at,
-            idle_timeout=row.idle_timeout, version=row.version).execute()
+            sid=row.sid,
+            payload=row.payload,
+            user_id=row.user_id,
+            created_at=row.created_at,
+            last_seen_at=row.last_seen_at,
+            expires_at=row.expires_at,
+            idle_timeout=row.idle_timeout,
+            version=row.version,
+        ).execute()
     with caplog.at_level("WARNING", logger="storedsession.security"):
         assert len(second.load(session.id)) == 0
     assert any("decrypt" in r.getMessage() for r in caplog.records)

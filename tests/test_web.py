@@ -11,27 +11,36 @@ GOOD = "A" * 43
 OTHER = "B" * 42 + "A"
 
 
-@pytest.mark.parametrize(("header", "expected"), [
-    (None, None),
-    ("", None),
-    ("theme=dark", None),
-    (f"session={GOOD}", GOOD),
-    (f"theme=dark; session={GOOD}", GOOD),
-    (f"session=garbage; session={GOOD}", GOOD),  # the first well-formed value
-    (f"session={GOOD}; session={OTHER}", GOOD),
-    ("session=garbage; session=junk", "garbage"),  # none well formed: the first, to log
-    (f"theme=dark, session={GOOD}", GOOD),  # repeated Cookie fields joined by the server
-    (f"xsession={GOOD}; session_x={OTHER}", None),
-    (f" session = {GOOD} ", GOOD),
-])
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("theme=dark", None),
+        (f"session={GOOD}", GOOD),
+        (f"theme=dark; session={GOOD}", GOOD),
+        (f"session=garbage; session={GOOD}", GOOD),  # the first well-formed value
+        (f"session={GOOD}; session={OTHER}", GOOD),
+        ("session=garbage; session=junk", "garbage"),  # none well formed: the first, to log
+        (f"theme=dark, session={GOOD}", GOOD),  # repeated Cookie fields joined by the server
+        (f"xsession={GOOD}; session_x={OTHER}", None),
+        (f" session = {GOOD} ", GOOD),
+    ],
+)
 def test_pick_cookie(header, expected) -> None:
     assert pick_cookie(header, "session") == expected
 
 
-@pytest.mark.parametrize(("existing", "expected"), [
-    (None, "Cookie"), ("", "Cookie"), ("Accept", "Accept, Cookie"),
-    ("accept, cookie", "accept, cookie"), ("*", "*"),
-])
+@pytest.mark.parametrize(
+    ("existing", "expected"),
+    [
+        (None, "Cookie"),
+        ("", "Cookie"),
+        ("Accept", "Accept, Cookie"),
+        ("accept, cookie", "accept, cookie"),
+        ("*", "*"),
+    ],
+)
 def test_add_vary(existing, expected) -> None:
     assert add_vary(existing) == expected
 
@@ -42,18 +51,26 @@ def test_cookie_header_and_deletion() -> None:
     assert header.startswith("session=abc; Path=/; Domain=example.com; Max-Age=60; Expires=")
     assert header.endswith("; Secure; HttpOnly; SameSite=Strict")
     assert options.header("abc", None, https=False) == (
-        "session=abc; Path=/; Domain=example.com; HttpOnly; SameSite=Strict")
+        "session=abc; Path=/; Domain=example.com; HttpOnly; SameSite=Strict"
+    )
     assert options.deletion(https=True) == (
         "session=; Path=/; Domain=example.com; Max-Age=0; "
-        "Expires=Thu, 01 Jan 1970 00:00:00 GMT; Secure; HttpOnly; SameSite=Strict")
+        "Expires=Thu, 01 Jan 1970 00:00:00 GMT; Secure; HttpOnly; SameSite=Strict"
+    )
 
 
-@pytest.mark.parametrize("options", [
-    {"name": ""}, {"name": "a;b"}, {"samesite": "sometimes"},
-    {"samesite": "None", "secure": False},
-    {"name": "__Host-s", "domain": "example.com"}, {"name": "__Host-s", "path": "/app"},
-    {"name": "__Host-s", "secure": False},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"name": ""},
+        {"name": "a;b"},
+        {"samesite": "sometimes"},
+        {"samesite": "None", "secure": False},
+        {"name": "__Host-s", "domain": "example.com"},
+        {"name": "__Host-s", "path": "/app"},
+        {"name": "__Host-s", "secure": False},
+    ],
+)
 def test_unusable_cookie_options_fail_at_construction(options) -> None:
     with pytest.raises(ConfigurationError):
         CookieOptions(**options)

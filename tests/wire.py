@@ -91,18 +91,33 @@ def assert_custom_cookie(reply: Reply, secure: bool) -> None:
     assert cookie.max_age == 14 * 86400 and "expires" in cookie.attrs
 
 
-def wsgi_call(app: Callable[..., Iterable[bytes]], path: str = "/", *, method: str = "GET",
-              cookie: str | None = None, https: bool = False,
-              headers: dict[str, str] | None = None) -> Reply:
+def wsgi_call(
+    app: Callable[..., Iterable[bytes]],
+    path: str = "/",
+    *,
+    method: str = "GET",
+    cookie: str | None = None,
+    https: bool = False,
+    headers: dict[str, str] | None = None,
+) -> Reply:
     """Call a WSGI app once, the way a server would, and return what it sent."""
     path, _, query = path.partition("?")
     environ: dict[str, Any] = {
-        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
-        "SERVER_NAME": "example.com", "SERVER_PORT": "443" if https else "80",
-        "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "example.com", "SCRIPT_NAME": "",
-        "wsgi.url_scheme": "https" if https else "http", "wsgi.version": (1, 0),
-        "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_NAME": "example.com",
+        "SERVER_PORT": "443" if https else "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "example.com",
+        "SCRIPT_NAME": "",
+        "wsgi.url_scheme": "https" if https else "http",
+        "wsgi.version": (1, 0),
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
     }
     if cookie is not None:
         environ["HTTP_COOKIE"] = cookie
@@ -110,8 +125,9 @@ def wsgi_call(app: Callable[..., Iterable[bytes]], path: str = "/", *, method: s
         environ["HTTP_" + name.upper().replace("-", "_")] = value
     started: list[Any] = []
 
-    def start_response(status: str, header_list: list[tuple[str, str]],
-                       exc_info: Any = None) -> Callable[[bytes], None]:
+    def start_response(
+        status: str, header_list: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
         started[:] = [status, header_list]
         return lambda data: None
 
