@@ -16,7 +16,7 @@ from playhouse import db_url
 from playhouse.pool import MaxConnectionsExceeded
 
 from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
-from .pools import POOLS
+from .pools import POOL_DEFAULTS, SCHEMES, SqliteKept
 
 security_log = logging.getLogger("storedsession.security")
 
@@ -42,7 +42,12 @@ def redact(url: str) -> str:
 
 
 def open_database(database: str | peewee.Database) -> tuple[peewee.Database, bool]:
-    """Return a peewee database for a URL or database object, and whether it is ours."""
+    """Return a peewee database for a URL or database object, and whether it is ours.
+
+    A PostgreSQL or MySQL URL gets a fork-safe pool (:data:`POOL_DEFAULTS` unless the
+    query says otherwise), an SQLite URL a fork-safe database that keeps one connection
+    per thread; other schemes go to peewee's ``db_url`` as they are.
+    """
     if isinstance(database, peewee.Database):
         return database, False
     if not isinstance(database, str):
@@ -51,17 +56,18 @@ def open_database(database: str | peewee.Database) -> tuple[peewee.Database, boo
             f"'sqlite:///sessions.db', not {type(database).__name__}."
         )
     scheme = database.partition(":")[0]
-    extra: dict[str, object] = {}
-    if scheme.startswith("sqlite"):
-        extra = {"pragmas": SQLITE_PRAGMAS, "timeout": SQLITE_TIMEOUT}
     try:
-        if scheme in POOLS:
-            params = db_url.parse(database, unquote_password=True, unquote_user=True)
-            if not params.get("database"):
-                raise ValueError("no database name")
-            db = POOLS[scheme](**params)
+        params = db_url.parse(database, unquote_password=True, unquote_user=True)
+        if not params.get("database"):
+            raise ValueError("no database name")
+        defaults: dict[str, Any] = POOL_DEFAULTS
+        if scheme.startswith("sqlite"):
+            defaults = {"pragmas": SQLITE_PRAGMAS, "timeout": SQLITE_TIMEOUT}
+        database_class = SCHEMES.get(scheme)
+        if database_class is None:
+            db = db_url.connect(database, unquote_password=True, unquote_user=True, **defaults)
         else:
-            db = db_url.connect(database, unquote_password=True, unquote_user=True, **extra)
+            db = database_class(**{**defaults, **params})
     except Exception:
         # db_url's own messages quote the whole URL, password included.
         raise ConfigurationError(
@@ -72,7 +78,7 @@ def open_database(database: str | peewee.Database) -> tuple[peewee.Database, boo
     if is_sqlite(db) and db.database in ("", ":memory:"):
         raise ConfigurationError(
             "An in-memory SQLite database lives only as long as one connection, and the "
-            "store connects per request: give a file path ('sqlite:///sessions.db'), or "
+            "store keeps one per thread: give a file path ('sqlite:///sessions.db'), or "
             "pass a SqliteDatabase object that you keep open."
         )
     if is_mysql(db) and "passwd" in db.connect_params:
@@ -116,12 +122,14 @@ class Connector:
 
     ``with connector():`` wraps one operation; database errors inside it leave as
     :class:`StoreUnavailable` (or :class:`TableMissing`), and a connection it opened is
-    discarded rather than handed back to a pool after an error.
+    discarded rather than handed back to a pool after an error. "Close" hands a pooled
+    connection back; the store's own SQLite connection stays open for its thread.
     """
 
     def __init__(self, database: peewee.Database, table_name: str) -> None:
         self.database = database
         self.table_name = table_name
+        self.keep_open = isinstance(database, SqliteKept)
 
     def __call__(self) -> _Use:
         return _Use(self)
@@ -206,7 +214,7 @@ class _Use:
         opened, self.opened = self.opened, False
         if exc is not None and isinstance(exc, _DATABASE_ERRORS):
             self.connector.fail(exc, opened)
-        if opened:
+        if opened and not self.connector.keep_open:
             try:
                 self.connector.database.close()
             except Exception:

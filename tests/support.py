@@ -60,3 +60,14 @@ def stored(store: SessionStore, **data: Any) -> str:
     store.save(session)
     assert session.id is not None
     return session.id
+
+
+def connection_given_back(store: SessionStore) -> bool:
+    """Whether this thread holds no connection: a pool has it back, SQLite keeps its own.
+
+    A URL-built SQLite database keeps one connection per thread open (reopening re-runs
+    the pragmas), so there "given back" means no transaction is left open on it.
+    """
+    if store.database.is_closed():
+        return True
+    return store._connection.keep_open and not store.database.in_transaction()

@@ -54,11 +54,10 @@ def server(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, str]:
     return request.param, backend_url(request.param, tmp_path)
 
 
-def pooled(url: str, **params: object) -> str:
-    """The ``+pool`` form of ``url``, with pool parameters in its query string."""
-    scheme, rest = url.split("://", 1)
+def with_query(url: str, **params: object) -> str:
+    """``url`` (plain: every server URL is pooled) with pool parameters in its query."""
     query = "&".join(f"{name}={value}" for name, value in params.items())
-    return f"{scheme}+pool://{rest}{'&' if '?' in rest else '?'}{query}"
+    return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
 def kill(backend: str, url: str, pid: int) -> None:
@@ -347,7 +346,7 @@ def setup(
 
     def build(kind: str, app_url: str | None = None, **pool: object) -> tuple[App, SessionStore]:
         pool.setdefault("max_connections", 8)
-        store = SessionStore(pooled(app_url or url, **pool), keys=keys, table_name=table_name)
+        store = SessionStore(with_query(app_url or url, **pool), keys=keys, table_name=table_name)
         built.append(store)
         return App(kind, store, backend), healthy
 
@@ -463,29 +462,56 @@ def test_connection_killed_while_idle_in_the_pool(setup, server, kind) -> None:
 
 
 @pytest.mark.parametrize("kind", ADAPTERS)
-def test_an_exhausted_pool_answers_503(setup, kind) -> None:
-    """Every pooled connection is taken (here by another thread): 503, not a 500."""
-    app, healthy = setup(kind, max_connections=1)
+def test_an_exhausted_pool_answers_503_after_its_wait(setup, kind) -> None:
+    """Every pooled connection is taken (here by another thread): 503 after the wait."""
+    app, healthy = setup(kind, max_connections=1, timeout=1)
     pair = app.get("/count").session_pair()
     taken, release = threading.Event(), threading.Event()
 
     def hold() -> None:
         with app.store.connected():
             taken.set()
-            release.wait(10)
+            release.wait(30)
 
     holder = threading.Thread(target=hold)
     holder.start()
     try:
         assert taken.wait(10)
-        for reply in (
-            app.get("/count", cookie=pair),
-            app.get("/count"),
-            app.get("/logout", cookie=pair),
+        for request in (
+            lambda: app.get("/count", cookie=pair),
+            lambda: app.get("/count"),
+            lambda: app.get("/logout", cookie=pair),
         ):
+            started = time.monotonic()
+            reply = request()
+            assert time.monotonic() - started >= 0.9  # the pool's timeout=1, not at once
             assert_failed_cleanly(reply)
     finally:
         release.set()
         holder.join(10)
     assert_intact(healthy, pair)
     assert_back(app, healthy, "save", pair)
+
+
+@pytest.mark.parametrize("kind", ADAPTERS)
+def test_a_full_pool_makes_a_request_wait_for_a_connection(setup, kind) -> None:
+    """With the default wait (10 s), a connection freed meanwhile serves the request."""
+    app, healthy = setup(kind, max_connections=1)
+    pair = app.get("/count").session_pair()
+    taken = threading.Event()
+
+    def hold() -> None:
+        with app.store.connected():
+            taken.set()
+            time.sleep(0.5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    started = time.monotonic()
+    reply = app.get("/count", cookie=pair)
+    waited = time.monotonic() - started
+    holder.join(10)
+    assert reply.status == 200, (reply.status, reply.body[:300])
+    assert 0.3 <= waited < 5, waited
+    assert_intact(healthy, pair, n=2)

@@ -14,7 +14,7 @@ from storedsession import SessionStore, StoreUnavailable
 from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.web import ENVIRON_KEY
 
-from .support import fetch_rows
+from .support import connection_given_back, fetch_rows
 from .wire import HOSTILE, Reply, SlowRequest, assert_custom_cookie, wsgi_call
 
 
@@ -205,7 +205,7 @@ def test_exception_saves_nothing_and_returns_the_connection(app, call, store, ca
     else:
         with pytest.raises(RuntimeError):
             call("/boom", cookie=pair)
-    assert store.database.is_closed()
+    assert connection_given_back(store)
     assert call("/read", cookie=pair).json["n"] == 1
     assert len(fetch_rows(store)) == 1
 

@@ -16,7 +16,7 @@ import pytest
 from storedsession import SessionStore, StoreUnavailable
 from storedsession.plugins.falcon import StoredSessionMiddleware
 
-from .support import fetch_rows
+from .support import connection_given_back, fetch_rows
 from .wire import HOSTILE, Reply, SlowRequest, assert_custom_cookie
 
 Handler = Callable[[falcon.Request, falcon.Response], None]
@@ -280,7 +280,7 @@ def test_exception_saves_nothing_and_returns_the_connection(client, store) -> No
     pair = client.get("/count").session_pair()
     reply = client.get("/boom", cookie=pair)
     assert reply.status == 500 and reply.set_cookies == []
-    assert store.database.is_closed()
+    assert connection_given_back(store)
     assert client.get("/read", cookie=pair).json["n"] == 1
 
 
