@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -16,9 +17,7 @@ from . import ids, serialization, signals
 from .aio import offload
 from .crypto import OVERHEAD, DecryptionFailed, Envelope, NoKeys
 from .database import Connector, is_mysql, open_database
-from .exceptions import (
-    ConfigurationError,
-)
+from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
 from .keys import parse_keys
 from .models import DEFAULT_TABLE, build_model, check_table_name
 from .session import Session, seconds
@@ -27,6 +26,9 @@ from .users import UserSessions
 from .writes import SessionWrites
 
 security_log = logging.getLogger("storedsession.security")
+
+#: How often :meth:`SessionStore.create_table` tries when other processes create at once.
+CREATE_ATTEMPTS = 5
 
 #: The ``keys=`` of a store built by :meth:`SessionStore.without_keys`.
 _WITHOUT_KEYS: Any = object()
@@ -144,10 +146,25 @@ class SessionStore(SessionWrites, UserSessions):
 
     # -- schema --------------------------------------------------------------------
     def create_table(self) -> None:
-        """Create the session table and its indexes if they do not exist."""
-        with self._connection():
-            self.model.create_table(safe=True)
-            self._check_packet()
+        """Create the session table and its indexes if they do not exist.
+
+        Safe to call from every worker at once (gunicorn without ``--preload`` imports the
+        app in each): ``IF NOT EXISTS`` is not atomic on PostgreSQL (a duplicate key in
+        ``pg_type``) nor for MySQL's indexes (error 1061), so the loser of that race
+        tries again and then finds everything in place.
+        """
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                with self._connection():
+                    self.model.create_table(safe=True)
+                    self._check_packet()
+                return
+            except TableMissing:
+                raise
+            except StoreUnavailable:
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 - jitter, not a secret
 
     def drop_table(self) -> None:
         """Drop the session table if it exists (every session ends)."""
