@@ -2,13 +2,17 @@
 
 Contenders run interleaved in rounds (the order rotates every round) so that machine
 noise hits all alike; the table reports medians of per-round throughput and the median
-of per-round ratios to the floor. Every contender keeps one persistent connection and
-uses the same driver.
+of per-round ratios to the floor. The floor holds one persistent connection. The headline
+rows run storedsession the way the README does: a store built from a plain URL, nothing
+held by the caller (the store's pool, or SQLite's connection per thread, keeps the
+connection); the "held" rows hold one across the round with ``store.connected()``.
+Every contender uses the same driver.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -17,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,7 +104,6 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
 def measure(
     store: SessionStore, floor: floor_module.Floor, public_ids: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
-    store.database.connect(reuse_if_open=True)  # one persistent connection, like the floor
     state = {"i": 0}
 
     def next_id() -> str:
@@ -123,21 +127,25 @@ def measure(
     def floor_write() -> None:
         floor.write(next_id(), "counter", state["i"])
 
-    contenders: dict[str, Callable[[], None]] = {
-        "floor read": floor_read,
-        "storedsession read": lib_read,
-        "floor write": floor_write,
-        "storedsession write": lib_write,
+    contenders: dict[str, Contender] = {
+        "floor read": (floor_read, None),
+        "storedsession read": (lib_read, None),
+        "storedsession read, held": (lib_read, store.connected),
+        "floor write": (floor_write, None),
+        "storedsession write": (lib_write, None),
+        "storedsession write, held": (lib_write, store.connected),
     }
-    pairs = [("storedsession read", "floor read"), ("storedsession write", "floor write")]
+    pairs = [
+        ("storedsession read", "floor read"),
+        ("storedsession read, held", "floor read"),
+        ("storedsession write", "floor write"),
+        ("storedsession write, held", "floor write"),
+    ]
     if args.frameworks:
         extra, extra_pairs = frameworks.contenders(store, floor, next_id)
-        contenders.update(extra)
+        contenders.update((name, (op, None)) for name, op in extra.items())
         pairs += extra_pairs
-    try:
-        rates = interleave(contenders, args.rounds, args.ops)
-    finally:
-        store.database.close()
+    rates = interleave(contenders, args.rounds, args.ops)
     ratios = {
         mine: [a / b for a, b in zip(rates[mine], rates[base], strict=True)] for mine, base in pairs
     }
@@ -150,22 +158,28 @@ def measure(
     }
 
 
-def interleave(
-    contenders: dict[str, Callable[[], None]], rounds: int, ops: int
-) -> dict[str, list[float]]:
+#: An operation, and what to hold around a round of it (``store.connected``) or None.
+Contender = tuple[Callable[[], None], Callable[[], AbstractContextManager[Any]] | None]
+
+
+def interleave(contenders: dict[str, Contender], rounds: int, ops: int) -> dict[str, list[float]]:
     names = list(contenders)
     rates: dict[str, list[float]] = {name: [] for name in names}
+
+    def run(name: str, count: int) -> float:
+        op, hold = contenders[name]
+        with hold() if hold is not None else contextlib.nullcontext():
+            start = time.perf_counter()
+            for _ in range(count):
+                op()
+            return time.perf_counter() - start
+
     for name in names:  # warm up caches, connections and the interpreter
-        for _ in range(max(10, ops // 10)):
-            contenders[name]()
+        run(name, max(10, ops // 10))
     for round_number in range(rounds):
         order = names[round_number % len(names) :] + names[: round_number % len(names)]
         for name in order:
-            op = contenders[name]
-            start = time.perf_counter()
-            for _ in range(ops):
-                op()
-            rates[name].append(ops / (time.perf_counter() - start))
+            rates[name].append(ops / run(name, ops))
     return rates
 
 
