@@ -6,7 +6,9 @@ driver's error, and never with the password of a database URL in its message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus, urlsplit
@@ -98,6 +100,19 @@ def _check_url_form(url: str) -> None:
         )
 
 
+def _create_owner_only(path: str) -> None:
+    """Create the SQLite file ``path`` readable by its owner only, if it does not exist.
+
+    SQLite would create it with the umask's mode (often world-readable), and gives its
+    ``-wal`` and ``-shm`` files the mode of the database file. An existing file keeps its
+    mode; a path that cannot be created is left for the connection to report.
+    """
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def open_database(database: str | peewee.Database) -> tuple[peewee.Database, bool]:
     """Return a peewee database for a URL or database object, and whether it is ours."""
     if isinstance(database, peewee.Database):
@@ -133,6 +148,8 @@ def open_database(database: str | peewee.Database) -> tuple[peewee.Database, boo
             "store connects per request: give a file path ('sqlite:///sessions.db'), or "
             "pass a SqliteDatabase object that you keep open."
         )
+    if is_sqlite(db):
+        _create_owner_only(str(db.database))
     if is_mysql(db) and "passwd" in db.connect_params:
         # db_url still spells it "passwd", which PyMySQL deprecates.
         db.connect_params["password"] = db.connect_params.pop("passwd")
