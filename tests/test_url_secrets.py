@@ -124,7 +124,7 @@ CLI_URLS = [url for url, _ in URLS if not url.startswith("sqlite")]
 
 
 @pytest.mark.parametrize("url", CLI_URLS)
-@pytest.mark.parametrize("command", [["init"], ["expire"], ["stats"]])
+@pytest.mark.parametrize("command", [["init"], ["init", "--upgrade"], ["expire"], ["stats"]])
 def test_cli_never_shows_the_password(command: list[str], url: str) -> None:
     result = invoke(*command, "--database", url)
     assert result.exit_code in (2, 3), result.output
