@@ -7,7 +7,8 @@ password of a database URL, and ends with an exit code that says what went wrong
 code meaning
 ==== ==========================================================================
 0    done
-1    any other failure: interrupted (Ctrl-C), a migration file there already or unwritable
+1    any other failure: interrupted (Ctrl-C), a migration file there already or unwritable,
+     an upgrade the server cannot make online (``init --upgrade``)
 2    usage: a bad option, no database given, an unusable database URL or table name,
      a server setting that cannot work (MySQL ``max_allowed_packet``)
 3    the database failed or cannot be reached
@@ -33,8 +34,15 @@ from . import __version__
 from .database import _describe, redact
 from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
 from .keys import KEYS_ENV, generate_key, parse_keys
-from .maintenance import Rotation, migration_source, rotate_keys, stats
+from .maintenance import Rotation, rotate_keys, stats
 from .models import DEFAULT_TABLE
+from .schema import (
+    UpgradeNeedsCopy,
+    migration_source,
+    upgrade_migration_source,
+    upgrade_user_id,
+    user_id_column,
+)
 from .store import SessionStore
 
 #: The environment variable ``--database`` falls back to.
@@ -175,17 +183,51 @@ def cli() -> None:
 
 @cli.command()
 @database_options
+@click.option(
+    "--upgrade",
+    is_flag=True,
+    help="Also make the change a table of an earlier version needs, online.",
+)
 @pass_target
-def init(target: Target) -> None:
-    """Create the session table and its indexes (idempotent). Needs no keys."""
+def init(target: Target, upgrade: bool) -> None:
+    """Create the session table and its indexes (idempotent). Needs no keys.
+
+    On MySQL/MariaDB, a table made by an earlier version compares user ids loosely
+    (case, accents and trailing spaces ignored): init reports it and prints the
+    statement that fixes it; with --upgrade it runs that statement online, or refuses,
+    saying why, where the server would copy the table.
+    """
     store = target.store()
     with store.connected():
         existed = store.database.table_exists(store.table_name)
         store.create_table()
-    if existed:
-        click.echo(f"The session table {store.table_name!r} exists already.")
-    else:
+        column = user_id_column(store) if existed else None
+    if not existed:
         click.echo(f"Created the session table {store.table_name!r}.")
+        return
+    lines = [f"The session table {store.table_name!r} exists already."]
+    if column is None or column.exact:
+        if upgrade:
+            lines.append("Its user_id column compares user ids exactly: nothing to upgrade.")
+    elif upgrade:
+        try:
+            upgrade_user_id(store, column)
+        except UpgradeNeedsCopy as exc:
+            raise click.ClickException(str(exc)) from None
+        lines.append(
+            f"Upgraded the user_id column to {column.wanted}, online: user ids now compare exactly."
+        )
+    else:
+        cannot_store = "" if column.charset == "utf8mb4" else ", cannot store most ids"
+        lines += [
+            f"Its user_id column ({column.charset}, {column.collation}; an earlier "
+            f"version's) compares user ids loosely{cannot_store}: ids that differ in case, "
+            "accents or trailing spaces match each other in the database (the store "
+            "compares them exactly in Python too). Upgrade it online with `storedsession "
+            "init --upgrade`, or with this statement (on Galera, see the README):",
+            column.statement() + ";",
+        ]
+    click.echo("\n".join(lines))
 
 
 @click.command(cls=_Command)
@@ -352,31 +394,41 @@ def stats_command(target: Target) -> None:
     "--table", metavar="NAME", default=DEFAULT_TABLE, show_default=True, help="The session table."
 )
 def install_migration(directory: Path, table: str) -> None:
-    """Write a migration that creates the session table.
+    """Write the migrations that create the session table and keep it current.
 
-    A file for peewee's migration runner (playhouse.migrations), for projects that
-    keep their schema with migrations instead of `storedsession init`. Apply it with
-    `pwmigrate DATABASE up` or `playhouse.migrations.run(db)`.
+    Files for peewee's migration runner (playhouse.migrations), for projects that keep
+    their schema with migrations instead of `storedsession init`: one that creates the
+    table, and one that makes its user_id column compare exactly (MySQL/MariaDB). Where
+    the first is there already (written by an earlier version), only the second is
+    written. Apply them with `pwmigrate DATABASE up` or `playhouse.migrations.run(db)`.
     """
     # Only this command needs the runner's module.
     from playhouse.migrations import Migration
 
-    source = migration_source(table, __version__)
+    sources = {
+        "create": migration_source(table, __version__),
+        "exact_user_id": upgrade_migration_source(table, __version__),
+    }
     found = Migration.load_directory(str(directory))
-    existing = [m.path for m in found if m.name.endswith(f"_create_{table}")]
-    if existing:
-        raise click.ClickException(
-            f"A migration that creates {table!r} is there already: {existing[0]}."
-        )
+    there = {
+        kind: [m.path for m in found if m.name.endswith(f"_{kind}_{table}")] for kind in sources
+    }
+    if there["exact_user_id"]:
+        paths = " and ".join(paths[0] for paths in there.values() if paths)
+        raise click.ClickException(f"The migrations of {table!r} are there already: {paths}.")
     number = max((m.idx for m in found), default=0) + 1
-    path = directory / f"{number:04d}_create_{table}.py"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with path.open("x", encoding="utf-8") as file:
-            file.write(source)
-    except OSError as exc:
-        raise click.ClickException(f"Cannot write {path}: {exc.strerror}.") from None
-    click.echo(f"Wrote {path}.")
+    for kind, source in sources.items():
+        if there[kind]:
+            continue
+        path = directory / f"{number:04d}_{kind}_{table}.py"
+        number += 1
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with path.open("x", encoding="utf-8") as file:
+                file.write(source)
+        except OSError as exc:
+            raise click.ClickException(f"Cannot write {path}: {exc.strerror}.") from None
+        click.echo(f"Wrote {path}.")
 
 
 def main() -> None:

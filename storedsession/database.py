@@ -6,10 +6,12 @@ driver's error, and never with the password of a database URL in its message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import peewee
 from playhouse import db_url
@@ -26,19 +28,89 @@ SQLITE_PRAGMAS = (("journal_mode", "wal"), ("synchronous", "normal"))
 SQLITE_TIMEOUT = 5.0
 
 
+#: Query parameters whose values are never shown: passwords, tokens, keys and the like.
+_SECRET_NAME = re.compile(r"pass|secret|token|key|pwd|auth|cred", re.IGNORECASE)
+
+#: What is shown instead of a URL that could not be shown without risking its password.
+HIDDEN_URL = "(URL not shown: it could not be shown without risking its password)"
+
+
 def redact(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
+    """Return ``url`` in a form that is safe to show, or :data:`HIDDEN_URL`.
+
+    The shown form is rebuilt from the parsed parts, never echoed: the password becomes
+    ``***``, and so does the value of every query parameter whose name contains ``pass``,
+    ``secret``, ``token``, ``key`` (or ``pwd``, ``auth``, ``cred``). A URL is not shown at
+    all when it does not parse as ``scheme://...``, or has a ``#``, a ``;``, more than one
+    ``@`` or an ``@`` after its host part: a password with an unescaped ``/``, ``?``,
+    ``#`` or ``@`` lands in the path, the query or the fragment, where no rule can find it.
+    """
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
+        port = parts.port  # raises ValueError for a port that is not a number
+        if (
+            not parts.scheme
+            or url[: len(parts.scheme) + 3].lower() != parts.scheme + "://"
+            or "#" in url
+            or ";" in url
+            or url.count("@") > 1
+            or ("@" in url and "@" not in parts.netloc)
+        ):
+            return HIDDEN_URL
+        netloc = ""
+        if "@" in parts.netloc:
+            user = parts.username or ""
+            netloc = f"{user}@" if parts.password is None else f"{user}:***@"
         host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        netloc = f"{parts.username or ''}:***@{host}"
-        return urlunsplit(parts._replace(netloc=netloc))
+        netloc += f"[{host}]" if ":" in host else host
+        if port is not None:
+            netloc += f":{port}"
+        shown = f"{parts.scheme}://{netloc}{parts.path}"
+        if parts.query:
+            shown += "?" + "&".join(_masked(piece) for piece in parts.query.split("&"))
+        return shown
+    except (ValueError, TypeError, AttributeError):
+        return HIDDEN_URL
+
+
+def _masked(parameter: str) -> str:
+    name = parameter.partition("=")[0]
+    return f"{name}=***" if _SECRET_NAME.search(unquote_plus(name)) else parameter
+
+
+def _check_url_form(url: str) -> None:
+    """Refuse a URL that does not say what it seems to, before it reaches a driver."""
+    try:
+        parts = urlsplit(url)
     except ValueError:
-        return "<unparseable database URL>"
+        return  # db_url refuses it too, with the generic message
+    if url[: len(parts.scheme) + 3].lower() != parts.scheme + "://":
+        raise ConfigurationError(
+            f"Cannot use the database URL {redact(url)}: write it as "
+            "'postgresql://user:password@host/dbname' or 'sqlite:///file.db'."
+        )
+    if not parts.scheme.startswith("sqlite") and "@" in parts.path + parts.query + parts.fragment:
+        # Parsed as written, "postgresql://app:1234/s3cret@db/x" is host "app", port 1234
+        # and database "s3cret@db/x": the password would go to another host as a name.
+        raise ConfigurationError(
+            "Cannot use the database URL (not shown, to keep its password private): it has "
+            "an '@' after its host part, which happens when a password holds a '/', '?', "
+            "'#' or '@'; percent-encode those characters in the password (%2F, %3F, %23, "
+            "%40), as in 'postgresql://user:pa%2Fss@host/dbname'."
+        )
+
+
+def _create_owner_only(path: str) -> None:
+    """Create the SQLite file ``path`` readable by its owner only, if it does not exist.
+
+    SQLite would create it with the umask's mode (often world-readable), and gives its
+    ``-wal`` and ``-shm`` files the mode of the database file. An existing file keeps its
+    mode; a path that cannot be created is left for the connection to report.
+    """
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def open_database(database: str | peewee.Database) -> tuple[peewee.Database, bool]:
@@ -55,6 +127,7 @@ def open_database(database: str | peewee.Database) -> tuple[peewee.Database, boo
             "The session database must be a peewee Database or a URL such as "
             f"'sqlite:///sessions.db', not {type(database).__name__}."
         )
+    _check_url_form(database)
     scheme = database.partition(":")[0]
     try:
         params = db_url.parse(database, unquote_password=True, unquote_user=True)
@@ -71,7 +144,7 @@ def open_database(database: str | peewee.Database) -> tuple[peewee.Database, boo
     except Exception:
         # db_url's own messages quote the whole URL, password included.
         raise ConfigurationError(
-            f"Cannot use the database URL {redact(database)!r}: use a scheme peewee's "
+            f"Cannot use the database URL {redact(database)}: use a scheme peewee's "
             "db_url knows (sqlite, postgresql, mysql, or one of them with +pool) and a "
             "database name, as in 'postgresql://user@host/dbname' or 'sqlite:///file.db'."
         ) from None
@@ -81,6 +154,8 @@ def open_database(database: str | peewee.Database) -> tuple[peewee.Database, boo
             "store keeps one per thread: give a file path ('sqlite:///sessions.db'), or "
             "pass a SqliteDatabase object that you keep open."
         )
+    if is_sqlite(db):
+        _create_owner_only(str(db.database))
     if is_mysql(db) and "passwd" in db.connect_params:
         # db_url still spells it "passwd", which PyMySQL deprecates.
         db.connect_params["password"] = db.connect_params.pop("passwd")

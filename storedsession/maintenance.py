@@ -2,8 +2,8 @@
 
 ``storedsession rotate-keys`` and ``storedsession stats`` run against the table the
 application is serving from, so every write here is one short conditional statement that
-loses to any save a live request makes. ``storedsession install-migration`` writes
-:func:`migration_source` to a file.
+loses to any save a live request makes. The table's schema (migrations, upgrades) is
+:mod:`storedsession.schema`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import peewee
 
 from .crypto import DecryptionFailed
 from .database import is_mysql, is_sqlite
-from .models import check_table_name
 from .store import SessionStore
 
 #: How often a row that live traffic changed under the rotation is re-read and retried.
@@ -202,54 +201,3 @@ def table_size(store: SessionStore) -> tuple[int | None, str]:
             page_size = database.execute_sql("PRAGMA page_size").fetchone()[0]
             return int(pages) * int(page_size), "the whole database file"
     return None, "unknown"
-
-
-_MIGRATION = '''\
-"""Create the session table %(table)r of storedsession.
-
-Written by `storedsession install-migration` (storedsession %(version)s) for peewee's
-migration runner. The table is declared here, frozen, rather than imported, so that this
-file keeps creating the same table whatever storedsession becomes.
-"""
-from peewee import *
-
-
-class LongBlobField(BlobField):
-    # On MySQL/MariaDB a plain BLOB holds 64 KiB at most; sessions may be larger.
-    def ddl_datatype(self, ctx):
-        if isinstance(self.model._meta.database, MySQLDatabase):
-            return SQL("LONGBLOB")
-        return super().ddl_datatype(ctx)
-
-
-def up(migrator, db):
-    class StoredSession(Model):
-        sid = FixedCharField(64, primary_key=True)
-        payload = LongBlobField()
-        user_id = CharField(255, null=True, index=True)
-        created_at = BigIntegerField()
-        last_seen_at = BigIntegerField()
-        expires_at = BigIntegerField(null=True, index=True)
-        idle_timeout = IntegerField(null=True)
-        version = BigIntegerField(default=1)
-
-        class Meta:
-            database = db
-            table_name = %(table)r
-            legacy_table_names = False  # indexes named after the table
-
-    db.create_tables([StoredSession])
-
-
-def down(migrator, db):
-    migrator.migrate(migrator.drop_table(%(table)r))
-'''
-
-
-def migration_source(table_name: str, version: str) -> str:
-    """Return a migration for ``playhouse.migrations`` that creates the session table.
-
-    It declares the table as :func:`storedsession.models.build_model` does (a test holds
-    the two together) and imports nothing from storedsession.
-    """
-    return _MIGRATION % {"table": check_table_name(table_name), "version": version}

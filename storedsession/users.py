@@ -45,7 +45,7 @@ class UserSessions:
 
     def sessions_for(self, user_id: str | int) -> list[SessionInfo]:
         """List the user's live sessions, most recently seen first."""
-        model, now = self.model, self.now()
+        model, now, wanted = self.model, self.now(), str(user_id)
         query = (
             model.select(
                 model.sid,
@@ -53,8 +53,9 @@ class UserSessions:
                 model.last_seen_at,
                 model.expires_at,
                 model.idle_timeout,
+                model.user_id,
             )
-            .where(model.user_id == str(user_id))
+            .where(model.user_id == wanted)
             .order_by(model.last_seen_at.desc())
             .tuples()
         )
@@ -64,8 +65,9 @@ class UserSessions:
             SessionInfo(
                 handle, _utc(created), _utc(seen), None if expires is None else _utc(expires)
             )
-            for handle, created, seen, expires, idle in rows
-            if self._alive(created, seen, expires, idle, now)
+            for handle, created, seen, expires, idle, owner in rows
+            # Exact in Python too: a MySQL table not yet upgraded matches loosely.
+            if owner == wanted and self._alive(created, seen, expires, idle, now)
         ]
 
     def revoke(self, handle: str, user_id: str | int | None = None) -> bool:
@@ -81,6 +83,8 @@ class UserSessions:
         if user_id is not None:
             query = query.where(model.user_id == str(user_id))
         with self._connection():
+            if user_id is not None and not self._owned_by(handle, str(user_id)):
+                return False
             deleted = query.execute()
         if deleted and signals.session_delete.receivers:
             signals.session_delete.send(self, sid=handle)
@@ -88,13 +92,20 @@ class UserSessions:
 
     def revoke_user(self, user_id: str | int, keep: Session | None = None) -> int:
         """Delete all of the user's sessions but ``keep`` ("sign out everywhere else")."""
-        model = self.model
-        condition = model.user_id == str(user_id)
+        model, wanted = self.model, str(user_id)
+        condition = model.user_id == wanted
         if keep is not None and keep.handle is not None:
             condition &= model.sid != keep.handle
         with self._connection(), self._transaction():
-            handles = [h for (h,) in model.select(model.sid).where(condition).tuples()]
+            rows = model.select(model.sid, model.user_id).where(condition).tuples()
+            handles = [h for h, owner in rows if owner == wanted]  # exact, as in sessions_for
             return self._delete_handles(handles)
+
+    def _owned_by(self, handle: str, user_id: str) -> bool:
+        # The DELETE's own filter is exact only once a MySQL table has been upgraded.
+        model = self.model
+        row = model.select(model.user_id).where(model.sid == handle).tuples().first()
+        return row is not None and row[0] == user_id
 
     asessions_for = offload(sessions_for)
     arevoke = offload(revoke)

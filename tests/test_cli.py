@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pty
 import subprocess
@@ -16,10 +17,11 @@ import pytest
 from click.testing import CliRunner, Result
 from playhouse import migrations
 
-from storedsession import Session, SessionStore, generate_key
+from storedsession import Session, SessionStore, __version__, generate_key
 from storedsession.cli import cli
 from storedsession.keys import parse_keys
 from storedsession.maintenance import RowOutcome, rotate_row
+from storedsession.schema import migration_source
 
 from .support import FakeClock, fetch_rows
 
@@ -387,6 +389,18 @@ def _schema(database: peewee.Database, table: str) -> tuple[Any, ...]:
     return tuple(columns), tuple(indexes)
 
 
+def _collations(database: peewee.Database, table: str) -> dict[str, str]:
+    """The collation of each text column, on MySQL/MariaDB (where it decides equality)."""
+    if not isinstance(database, peewee.MySQLDatabase):
+        return {}
+    rows = database.execute_sql(
+        "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS WHERE "
+        "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLLATION_NAME IS NOT NULL",
+        (table,),
+    ).fetchall()
+    return dict(rows)
+
+
 def test_migration_runs_under_peewees_runner(
     database_url, table_name, keys, tmp_path, drop_after
 ) -> None:
@@ -394,31 +408,78 @@ def test_migration_runs_under_peewees_runner(
     directory.mkdir()
     (directory / "0001_earlier.py").write_text("def up(migrator, db):\n    pass\n")
     result = invoke("install-migration", "--dir", str(directory), "--table", table_name)
-    path = directory / f"0002_create_{table_name}.py"
-    assert_ok(result, f"Wrote {path}.\n")
-    assert "storedsession" not in path.read_text().split('"""')[2]  # imports nothing of it
+    create = directory / f"0002_create_{table_name}.py"
+    upgrade = directory / f"0003_exact_user_id_{table_name}.py"
+    assert_ok(result, f"Wrote {create}.\nWrote {upgrade}.\n")
+    for path in (create, upgrade):
+        assert "storedsession" not in path.read_text().split('"""')[2]  # imports nothing of it
     again = invoke("install-migration", "--dir", str(directory), "--table", table_name)
-    assert_error(again, 1, "is there already", path.name)
+    assert_error(again, 1, "are there already", create.name, upgrade.name)
 
     history = table_name + "_history"
     drop_after(history)
     store = SessionStore(database_url, keys=keys, table_name=table_name, clock=None)
     runner = migrations.Runner(store.database, str(directory), table_name=history)
     with store.connected():
-        assert runner.up() == ["0001_earlier", path.stem]
+        assert runner.up() == ["0001_earlier", create.stem, upgrade.stem]
     session = store.load(None)
     session["big"] = "x" * 200_000  # more than MySQL's plain BLOB holds
     store.save(session)
     assert store.load(session.id)["big"] == "x" * 200_000
 
-    # The same table, column for column and index for index, as `init` makes.
+    # The same table, column for column, index for index and collation for collation, as
+    # `init` makes.
     reference = table_name + "_init"
     drop_after(reference)
     assert_ok(invoke("init", "--database", database_url, "--table", reference))
     with store.connected():
         assert _schema(store.database, table_name) == _schema(store.database, reference)
-        assert runner.down() == [path.stem]
+        assert _collations(store.database, table_name) == _collations(store.database, reference)
+        assert runner.down() == [upgrade.stem]  # keeps the exact comparison
+        assert store.load(session.id)["big"] == "x" * 200_000
+        assert runner.down() == [create.stem]
         assert not store.database.table_exists(table_name)
+    store.close()
+
+
+def test_the_first_migration_stays_frozen() -> None:
+    # Projects have applied it: its text never changes (changes go in new migrations).
+    source = migration_source("stored_sessions", "0.1.0")
+    digest = "091f0648bd2ca7296815258a7cda95375d09a97d59dc4578a1e8f4260248e3fe"
+    assert hashlib.sha256(source.encode()).hexdigest() == digest
+
+
+def test_second_migration_upgrades_a_table_the_first_made(
+    database_url, table_name, keys, tmp_path, drop_after
+) -> None:
+    directory = tmp_path / "migrations"
+    assert_ok(invoke("install-migration", "--dir", str(directory), "--table", table_name))
+    create = directory / f"0001_create_{table_name}.py"
+    (directory / f"0002_exact_user_id_{table_name}.py").unlink()  # as an earlier version wrote
+    history = table_name + "_history"
+    drop_after(history)
+    store = SessionStore(database_url, keys=keys, table_name=table_name)
+    runner = migrations.Runner(store.database, str(directory), table_name=history)
+    with store.connected():
+        assert runner.up() == [create.stem]
+    old = _collations(store.database, table_name)
+    lookalikes = ["abc123", "AbC123", "abc123 ", "àbc123", "😀", "😃"]
+    sessions = {user_id: add(store, 1, user_id)[0] for user_id in lookalikes}
+
+    (directory / "0002_other_app_change.py").write_text("def up(migrator, db):\n    pass\n")
+    upgrade = directory / f"0003_exact_user_id_{table_name}.py"
+    result = invoke("install-migration", "--dir", str(directory), "--table", table_name)
+    assert_ok(result, f"Wrote {upgrade}.\n")
+    assert create.read_text() == migration_source(table_name, __version__)  # untouched
+    with store.connected():
+        assert runner.up() == ["0002_other_app_change", upgrade.stem]
+        assert runner.up() == []
+    if isinstance(store.database, peewee.MySQLDatabase):
+        assert old["user_id"] == "utf8mb4_general_ci"
+        assert _collations(store.database, table_name)["user_id"] == "utf8mb4_nopad_bin"
+    for user_id, session in sessions.items():
+        assert [i.handle for i in store.sessions_for(user_id)] == [session.handle]
+        assert store.load(session.id).user_id == user_id
     store.close()
 
 

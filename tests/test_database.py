@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import peewee
 import pytest
+from click.testing import CliRunner
 from playhouse import db_url
 
 from storedsession import (
@@ -14,6 +18,7 @@ from storedsession import (
     generate_key,
     ids,
 )
+from storedsession.cli import cli
 
 from .conftest import backend_url
 
@@ -217,3 +222,36 @@ def test_store_works_with_a_second_key_generation(make_store) -> None:
     session["a"] = 1
     store.save(session)
     assert store.load(session.id)["a"] == 1
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_sqlite_files_the_store_creates_are_owner_only(tmp_path, keys) -> None:
+    previous = os.umask(0o022)
+    try:
+        path = tmp_path / "sessions.db"
+        store = SessionStore(f"sqlite:///{path}", keys=keys)
+        store.create_table()
+        with store.connected():  # WAL: the -wal and -shm files exist while connected
+            session = store.load(None)
+            session["a"] = 1
+            store.save(session)
+            created = {p.name: _mode(p) for p in tmp_path.iterdir()}
+        store.close()
+        assert created == {"sessions.db": 0o600, "sessions.db-wal": 0o600, "sessions.db-shm": 0o600}
+
+        # The CLI's store too; a file that exists keeps the mode its owner gave it.
+        other = tmp_path / "cli.db"
+        assert CliRunner().invoke(cli, ["init", "--database", f"sqlite:///{other}"]).exit_code == 0
+        assert _mode(other) == 0o600
+        shared = tmp_path / "shared.db"
+        shared.touch(mode=0o640)
+        os.chmod(shared, 0o640)
+        store = SessionStore(f"sqlite:///{shared}", keys=keys)
+        store.create_table()
+        store.close()
+        assert _mode(shared) == 0o640
+    finally:
+        os.umask(previous)
