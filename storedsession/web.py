@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -90,17 +90,23 @@ class CookieOptions:
 
 
 def cookie_values(header: str | None, name: str) -> Iterator[str]:
-    """Yield every value of cookie ``name`` in a raw ``Cookie`` header, in order.
+    r"""Yield every value of cookie ``name`` in a raw ``Cookie`` header, in order.
 
-    Pairs are split on ``;`` and also on ``,``, with which WSGI servers such as waitress
-    and gunicorn join repeated ``Cookie`` fields; a well-formed value holds neither.
+    As RFC 6265 §4.2.1 writes the header: pairs are split on ``;`` only, so a comma
+    belongs to a value (a sibling subdomain's ``pref=x,session=...`` smuggles in no
+    pair); only spaces and tabs around a name or value are trimmed (``str.strip`` would
+    also trim ``\xa0``, ``\x85`` or ``\x1c``); a value wrapped in double quotes, which
+    §4.1.1 allows and ``http.cookiejar`` sends, is read without them.
     """
     if not header or name not in header:
         return
-    for part in header.replace(",", ";").split(";"):
+    for part in header.split(";"):
         key, sep, value = part.partition("=")
-        if sep and key.strip() == name:
-            yield value.strip()
+        if sep and key.strip(" \t") == name:
+            value = value.strip(" \t")
+            if len(value) > 1 and value[0] == '"' == value[-1]:
+                value = value[1:-1]
+            yield value
 
 
 def pick_cookie(header: str | None, name: str) -> str | None:
@@ -112,6 +118,23 @@ def pick_cookie(header: str | None, name: str) -> str | None:
         if first is None:
             first = value
     return first
+
+
+def scope_cookie_header(headers: object, get_header: Callable[[str], str | None]) -> str | None:
+    """Return the raw ``Cookie`` header of an ASGI request, every field of it.
+
+    HTTP/2 sends cookie crumbs as separate fields (RFC 9113 §8.2.3), which a server
+    hands over one by one in ``scope["headers"]``: they are joined with ``"; "``, in
+    order. ``headers`` is used only when it is a list or a tuple, as servers give it;
+    anything else may be a one-shot iterator the framework has already consumed
+    (``falcon.testing`` passes one), and then ``get_header("Cookie")``, the
+    framework's own reading, is returned instead.
+    """
+    if not isinstance(headers, list | tuple):
+        return get_header("Cookie")
+    # ASGI lowercases header names and gives values as bytes; latin-1 as WSGI decodes.
+    crumbs = [value for key, value in headers if key == b"cookie"]
+    return b"; ".join(crumbs).decode("latin-1") if crumbs else None
 
 
 def add_vary(existing: str | None) -> str:
