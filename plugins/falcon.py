@@ -11,9 +11,9 @@ import peewee
 from storedsession.exceptions import StoreUnavailable
 from storedsession.store import SessionStore
 from storedsession.web import (
+    MERGED_HEADERS,
     RequestSession,
     SessionMiddlewareCore,
-    add_vary,
     scope_cookie_header,
 )
 
@@ -124,8 +124,9 @@ def _taken(req: falcon.Request, resource: object) -> RequestSession | None:
 
 def _apply(resp: falcon.Response, headers: list[tuple[str, str]]) -> None:
     for name, value in headers:
-        if name == "Vary":
-            resp.set_header("Vary", add_vary(resp.get_header("Vary")))
+        merge = MERGED_HEADERS.get(name)
+        if merge is not None:  # Falcon keeps one line per name, joined with ", "
+            resp.set_header(name, merge(resp.get_header(name)))
         else:
             # Raw, so the deletion cookie keeps Secure (unset_cookie drops it); appended
             # Set-Cookie lines are kept apart from each other and from the app's cookies.

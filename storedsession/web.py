@@ -5,14 +5,17 @@ An adapter builds a :class:`SessionMiddlewareCore` from its options, makes one
 scheme, hands ``request_session.lazy`` (a proxy that loads on first use; under ASGI,
 after ``await request_session.preload()``) to the application, and at the end asks
 :meth:`RequestSession.finish` (or ``finish_async``) which headers to add, answering 503
-when it raises ``StoreUnavailable``. Every decision (load or not, save or not, which
-cookie, ``Vary``, 5xx, interrupted sessions) is taken here.
+when it raises ``StoreUnavailable``; a header named in :data:`MERGED_HEADERS` is merged
+into the application's own. Every decision (load or not, save or not, which
+cookie, ``Vary``, ``Cache-Control``, 5xx, interrupted sessions) is taken here, and so is
+reading the ``Cookie`` header and checking the cookie options.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -137,6 +140,37 @@ def scope_cookie_header(headers: object, get_header: Callable[[str], str | None]
     return b"; ".join(crumbs).decode("latin-1") if crumbs else None
 
 
+# A Cache-Control directive: a run of anything but commas, where a quoted string counts
+# as one piece (a comma inside no-cache="A, B" does not split it; a quote left open
+# does not hide the directives after it).
+_DIRECTIVE = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"|")+')
+_SHARED_ONLY = frozenset({"public", "s-maxage"})
+
+
+def private_cache_control(existing: str | None) -> str:
+    """Return ``existing`` Cache-Control value made unstorable by a shared cache.
+
+    For a response that sets or deletes the session cookie: ``public`` and ``s-maxage``
+    go, and ``private`` comes first unless an unqualified ``private`` or ``no-store`` is
+    already there (a qualified ``private="Set-Cookie"`` would let a shared cache store
+    the rest of the response, so it is replaced).
+    """
+    if not existing:
+        return "private"
+    kept = []
+    unstorable = False
+    for match in _DIRECTIVE.finditer(existing):
+        directive = match.group().strip(" \t")
+        name = directive.partition("=")[0].rstrip(" \t").lower()
+        if not directive or name in _SHARED_ONLY:
+            continue
+        if name == "private" and directive.lower() != "private":
+            continue
+        unstorable = unstorable or directive.lower() in ("private", "no-store")
+        kept.append(directive)
+    return ", ".join(kept if unstorable else ["private", *kept])
+
+
 def add_vary(existing: str | None) -> str:
     """Return ``existing`` Vary value with ``Cookie`` in it."""
     if not existing:
@@ -145,6 +179,15 @@ def add_vary(existing: str | None) -> str:
     if "cookie" in fields or "*" in fields:
         return existing
     return f"{existing}, Cookie"
+
+
+#: Headers that :meth:`RequestSession.finish` returns to be merged into the
+#: application's own (all its lines of that name, joined with ", "), not added beside
+#: them: the adapter sets ``MERGED_HEADERS[name](existing)`` in their place.
+MERGED_HEADERS: dict[str, Callable[[str | None], str]] = {
+    "Vary": add_vary,
+    "Cache-Control": private_cache_control,
+}
 
 
 class LazySession(Session):
@@ -311,6 +354,10 @@ class RequestSession:
                 headers.append(("Set-Cookie", cookie.header(session.id, max_age, self.https)))
             elif session._invalidated and session.new:
                 headers.append(("Set-Cookie", cookie.deletion(self.https)))
+            else:
+                return headers
+            # A shared cache must never store a cookie of one user to replay to others.
+            headers.append(("Cache-Control", "private"))
             return headers
         finally:
             self.close()

@@ -20,7 +20,7 @@ from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.web import ENVIRON_KEY
 
 from .support import fetch_rows, stored
-from .wire import HOSTILE, Reply, SlowRequest, assert_custom_cookie, wsgi_call
+from .wire import CACHE_CONTROL, HOSTILE, Reply, SlowRequest, assert_custom_cookie, wsgi_call
 
 
 @pytest.fixture
@@ -488,6 +488,84 @@ def test_two_cookie_fields_through_waitress_are_not_split_on_its_comma(app, stor
     assert json.loads(body) == {"raw": f"pref=x, session={live}", "n": None}
     assert b"Set-Cookie" not in head
     assert dict(store.load(live)) == {"n": 1}
+
+
+# -- caching -------------------------------------------------------------------------
+
+
+def _cache_routes(app: bottle.Bottle, app_value: str | None) -> None:
+    def cached(out: Any) -> Any:
+        if app_value is not None:
+            bottle.response.set_header("Cache-Control", app_value)
+        return out
+
+    @app.route("/c/write")
+    def write(session):
+        session["n"] = session.get("n", 0) + 1
+        return cached({"n": session["n"]})
+
+    @app.route("/c/read")
+    def peek(session):
+        return cached({"n": session.get("n")})
+
+    @app.route("/c/logout")
+    def logout(session):
+        session.invalidate()
+        return cached("bye")
+
+    @app.route("/c/plain")
+    def plain():
+        return cached("hello")
+
+
+@pytest.mark.parametrize(("app_value", "expected"), CACHE_CONTROL)
+def test_a_response_that_sets_the_session_cookie_is_private(
+    app, call, store, clock, app_value, expected
+) -> None:
+    install(app, store)
+    _cache_routes(app, app_value)
+    written = call("/c/write")
+    assert written.cookie() is not None
+    assert written.header_values("Cache-Control") == [expected]
+    pair = written.session_pair()
+    # No session cookie on the response: the application's header is left alone.
+    for path in ("/c/read", "/c/plain", "/untouched"):
+        reply = call(path, cookie=pair)
+        assert reply.cookie() is None
+        assert reply.header("Cache-Control") == (None if path == "/untouched" else app_value)
+    clock.advance(61)  # past the touch interval: the read re-sends the cookie
+    touched = call("/c/read", cookie=pair)
+    assert touched.cookie() is not None and touched.header_values("Cache-Control") == [expected]
+    deleted = call("/c/logout", cookie=pair)
+    assert deleted.cookie().value == "" and deleted.header_values("Cache-Control") == [expected]
+
+
+def test_cache_control_of_raised_returned_and_repeated_headers(app, call, store) -> None:
+    install(app, store)
+
+    @app.route("/redirect")
+    def redirect(session):
+        session["n"] = 1
+        bottle.response.set_header("Cache-Control", "public, max-age=60")
+        bottle.redirect("/home")
+
+    @app.route("/returned")
+    def returned(session):
+        session["n"] = 1
+        return bottle.HTTPResponse("made", status=201, headers={"Cache-Control": "s-maxage=9"})
+
+    @app.route("/repeated")
+    def repeated(session):
+        session["n"] = 1
+        bottle.response.add_header("Cache-Control", "no-store")
+        bottle.response.add_header("Cache-Control", "public")
+        return "ok"
+
+    reply = call("/redirect")
+    assert reply.status == 303 and reply.header_values("Cache-Control") == ["private, max-age=60"]
+    reply = call("/returned")
+    assert reply.status == 201 and reply.header_values("Cache-Control") == ["private"]
+    assert call("/repeated").header_values("Cache-Control") == ["no-store"]
 
 
 # -- a failing database -----------------------------------------------------------------

@@ -10,6 +10,7 @@ from storedsession.web import (
     SessionMiddlewareCore,
     add_vary,
     pick_cookie,
+    private_cache_control,
     scope_cookie_header,
 )
 
@@ -127,6 +128,34 @@ def test_scope_cookie_header_leaves_an_iterator_alone() -> None:
 )
 def test_add_vary(existing, expected) -> None:
     assert add_vary(existing) == expected
+
+
+@pytest.mark.parametrize(
+    ("existing", "expected"),
+    [
+        (None, "private"),
+        ("", "private"),
+        ("public", "private"),
+        ("public, max-age=60", "private, max-age=60"),
+        ("max-age=60, s-maxage=600, public", "private, max-age=60"),
+        ("Public, S-MaxAge=600, Max-Age=60", "private, Max-Age=60"),
+        ("max-age=60", "private, max-age=60"),
+        ("no-cache", "private, no-cache"),
+        ("no-store", "no-store"),
+        ("no-store, max-age=0", "no-store, max-age=0"),
+        ("private", "private"),
+        ("private, max-age=60", "private, max-age=60"),
+        ("PRIVATE, max-age=60", "PRIVATE, max-age=60"),
+        ("public, private", "private"),  # public goes even beside private
+        ("no-store, public, s-maxage=5", "no-store"),
+        # A qualified private lets a shared cache store the rest of the response.
+        ('private="Set-Cookie", max-age=60', "private, max-age=60"),
+        ('no-cache="Set-Cookie, X-Id", public', 'private, no-cache="Set-Cookie, X-Id"'),
+        ("public,,max-age=60 ,", "private, max-age=60"),
+    ],
+)
+def test_private_cache_control(existing, expected) -> None:
+    assert private_cache_control(existing) == expected
 
 
 def test_cookie_header_and_deletion() -> None:

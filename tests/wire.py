@@ -20,6 +20,17 @@ HOSTILE = {
     "quotes": '"' + "A" * 43 + '"',
 }
 
+#: (Cache-Control the application set, what a response that sets or deletes the session
+#: cookie carries): never storable by a shared cache.
+CACHE_CONTROL = [
+    (None, "private"),
+    ("public, max-age=60", "private, max-age=60"),
+    ("public, s-maxage=600, max-age=60", "private, max-age=60"),
+    ("max-age=60", "private, max-age=60"),
+    ("no-store", "no-store"),
+    ("private, max-age=60", "private, max-age=60"),
+]
+
 
 @dataclass
 class SetCookie:
