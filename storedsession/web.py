@@ -38,9 +38,19 @@ ENVIRON_KEY = "storedsession.session"
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
 
 
+def _printable(text: str) -> bool:
+    """Tell whether ``text`` is printable ASCII with no comma (no CTL, no DEL)."""
+    return text.isascii() and text.isprintable() and "," not in text
+
+
 @dataclass(frozen=True)
 class CookieOptions:
-    """The session cookie's name and attributes."""
+    """The session cookie's name and attributes, checked when built.
+
+    Values that would break the ``Set-Cookie`` line, or that browsers would refuse, raise
+    ``ConfigurationError``. A ``__Host-`` or ``__Secure-`` name (in any case) or
+    ``samesite="None"`` turns ``secure=None`` into ``True``.
+    """
 
     name: str = "session"
     path: str = "/"
@@ -50,21 +60,42 @@ class CookieOptions:
     samesite: str | None = "Lax"
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in ' ;,="\t\r\n'):
+        if not self.name or not _printable(self.name) or any(c in self.name for c in ' ;,="'):
             raise ConfigurationError(f"{self.name!r} is not a usable cookie name.")
+        # A value that breaks the Set-Cookie line would add attributes or split the header.
+        if not self.path.startswith("/") or not _printable(self.path) or ";" in self.path:
+            raise ConfigurationError(
+                "cookie_path must start with '/' and hold only printable ASCII, without "
+                "';' or ','; percent-encode anything else."
+            )
+        if self.domain is not None and (
+            not _printable(self.domain) or any(c in self.domain for c in " ;")
+        ):
+            raise ConfigurationError(
+                "cookie_domain must be a host name in ASCII (IDNA), without ';', ',' or "
+                "spaces, or None."
+            )
         if self.samesite is not None:
             canonical = _SAMESITE.get(str(self.samesite).lower())
             if canonical is None:
                 raise ConfigurationError("cookie_samesite takes 'Lax', 'Strict', 'None' or None.")
             object.__setattr__(self, "samesite", canonical)
-            if canonical == "None" and self.secure is False:
-                raise ConfigurationError("cookie_samesite='None' needs a Secure cookie.")
-        if self.name.startswith("__Host-") and (
-            self.domain is not None or self.path != "/" or self.secure is False
-        ):
+        # Browsers match the prefixes case-insensitively and drop a prefixed or
+        # SameSite=None cookie that lacks Secure, even over plain HTTP.
+        prefix = self.name[:9].lower()
+        host = prefix.startswith("__host-")
+        if host or prefix == "__secure-" or self.samesite == "None":
+            if self.secure is False:
+                raise ConfigurationError(
+                    "A '__Host-' or '__Secure-' cookie, or cookie_samesite='None', needs a "
+                    "Secure cookie; browsers refuse it otherwise. Leave cookie_secure at "
+                    "None or pass True."
+                )
+            object.__setattr__(self, "secure", True)
+        if host and (self.domain is not None or self.path != "/"):
             raise ConfigurationError(
-                "A '__Host-' cookie needs cookie_path='/', no cookie_domain and a Secure "
-                "cookie; browsers refuse it otherwise."
+                "A '__Host-' cookie needs cookie_path='/' and no cookie_domain; browsers "
+                "refuse it otherwise."
             )
 
     def header(self, value: str, max_age: int | None, https: bool) -> str:

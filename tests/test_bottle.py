@@ -15,7 +15,7 @@ import pytest
 import waitress
 from waitress import wasyncore
 
-from storedsession import SessionStore, StoreUnavailable
+from storedsession import ConfigurationError, SessionStore, StoreUnavailable
 from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.web import ENVIRON_KEY
 
@@ -566,6 +566,33 @@ def test_cache_control_of_raised_returned_and_repeated_headers(app, call, store)
     reply = call("/returned")
     assert reply.status == 201 and reply.header_values("Cache-Control") == ["private"]
     assert call("/repeated").header_values("Cache-Control") == ["no-store"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"cookie_name": "__Host-session"}, {"cookie_name": "__secure-s"}, {"cookie_samesite": "None"}],
+)
+def test_cookies_browsers_drop_without_secure_are_always_secure(app, call, store, options) -> None:
+    install(app, store, **options)
+    name = options.get("cookie_name", "session")
+    pair = call("/count").session_pair(name)  # plain HTTP
+    assert "secure" in call("/count").cookie(name).attrs
+    assert "secure" in call("/logout", cookie=pair).cookie(name).attrs
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cookie_path": "/; Domain=evil.example"},
+        {"cookie_domain": "example.com\r\nSet-Cookie: x=y"},
+        {"cookie_name": "__HOST-session", "cookie_path": "/app"},
+        {"cookie_name": "__Secure-session", "cookie_secure": False},
+        {"cookie_samesite": "none", "cookie_secure": False},
+    ],
+)
+def test_unusable_cookie_options_fail_when_the_plugin_is_built(store, options) -> None:
+    with pytest.raises(ConfigurationError):
+        StoredSessionPlugin(store, **options)
 
 
 # -- a failing database -----------------------------------------------------------------

@@ -13,7 +13,7 @@ import falcon.asgi
 import falcon.testing
 import pytest
 
-from storedsession import SessionStore, StoreUnavailable
+from storedsession import ConfigurationError, SessionStore, StoreUnavailable
 from storedsession.plugins.falcon import StoredSessionMiddleware
 
 from .support import fetch_rows
@@ -483,6 +483,33 @@ def test_cache_control_of_raised_and_repeated_headers(client) -> None:
     reply = client.get("/redirect")
     assert reply.status == 302 and reply.header_values("Cache-Control") == ["private, max-age=60"]
     assert client.get("/repeated").header_values("Cache-Control") == ["no-store"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"cookie_name": "__Host-session"}, {"cookie_name": "__secure-s"}, {"cookie_samesite": "None"}],
+)
+def test_cookies_browsers_drop_without_secure_are_always_secure(asgi, store, options) -> None:
+    client = Client(asgi, store, **options)
+    name = options.get("cookie_name", "session")
+    pair = client.get("/count").session_pair(name)  # plain HTTP
+    assert "secure" in client.get("/count").cookie(name).attrs
+    assert "secure" in client.get("/logout", cookie=pair).cookie(name).attrs
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cookie_path": "/; Domain=evil.example"},
+        {"cookie_domain": "example.com\r\nSet-Cookie: x=y"},
+        {"cookie_name": "__HOST-session", "cookie_path": "/app"},
+        {"cookie_name": "__Secure-session", "cookie_secure": False},
+        {"cookie_samesite": "none", "cookie_secure": False},
+    ],
+)
+def test_unusable_cookie_options_fail_when_the_middleware_is_built(store, options) -> None:
+    with pytest.raises(ConfigurationError):
+        StoredSessionMiddleware(store, **options)
 
 
 # -- a failing database -----------------------------------------------------------------

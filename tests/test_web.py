@@ -177,16 +177,78 @@ def test_cookie_header_and_deletion() -> None:
     [
         {"name": ""},
         {"name": "a;b"},
+        {"name": "a\x00b"},
+        {"name": "a\x7fb"},
+        {"name": "sessión"},
         {"samesite": "sometimes"},
         {"samesite": "None", "secure": False},
+        {"samesite": "none", "secure": False},
         {"name": "__Host-s", "domain": "example.com"},
         {"name": "__Host-s", "path": "/app"},
         {"name": "__Host-s", "secure": False},
+        {"name": "__host-s", "domain": "example.com"},
+        {"name": "__HOST-s", "path": "/app"},
+        {"name": "__hOsT-s", "secure": False},
+        {"name": "__Secure-s", "secure": False},
+        {"name": "__secure-s", "secure": False},
+        {"name": "__SECURE-s", "secure": False},
+        {"path": "/; Domain=evil.example"},
+        {"path": "/a,b"},
+        {"path": "/\r\nSet-Cookie: x=y"},
+        {"path": "/\n"},
+        {"path": "/\x00"},
+        {"path": "/\x7f"},
+        {"path": "/\t"},
+        {"path": "/café"},
+        {"path": ""},
+        {"path": "app"},
+        {"domain": "example.com; Secure"},
+        {"domain": "example.com, evil.example"},
+        {"domain": "example.com\r\nX-Evil: 1"},
+        {"domain": "example.com\x00"},
+        {"domain": "exämple.com"},
     ],
 )
 def test_unusable_cookie_options_fail_at_construction(options) -> None:
     with pytest.raises(ConfigurationError):
         CookieOptions(**options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"name": "__Host-session"},
+        {"name": "__host-session"},
+        {"name": "__Secure-session"},
+        {"name": "__SECURE-session", "path": "/app", "domain": "example.com"},
+        {"samesite": "None"},
+        {"samesite": "none"},
+    ],
+)
+def test_prefixes_and_samesite_none_make_the_cookie_secure_even_over_http(options) -> None:
+    cookie = CookieOptions(**options)
+    assert cookie.secure is True
+    assert "; Secure" in cookie.header("abc", 60, https=False)
+    assert "; Secure" in cookie.deletion(https=False)
+    assert CookieOptions(**options, secure=True).secure is True
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"name": "session"},
+        {"name": "x__Host-session"},
+        {"name": "__Hostess"},
+        {"samesite": "Lax"},
+        {"samesite": None},
+        {"path": "/app/with space", "domain": "sub.example.com"},
+    ],
+)
+def test_other_cookies_stay_secure_only_over_https(options) -> None:
+    cookie = CookieOptions(**options)
+    assert cookie.secure is None
+    assert "; Secure" not in cookie.header("abc", 60, https=False)
+    assert "; Secure" in cookie.header("abc", 60, https=True)
 
 
 def test_a_store_given_to_an_adapter_takes_no_store_options(store: SessionStore) -> None:
