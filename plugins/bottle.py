@@ -12,7 +12,7 @@ import peewee
 
 from storedsession.exceptions import StoreUnavailable
 from storedsession.store import SessionStore
-from storedsession.web import ENVIRON_KEY, RequestSession, SessionMiddlewareCore, add_vary
+from storedsession.web import ENVIRON_KEY, MERGED_HEADERS, RequestSession, SessionMiddlewareCore
 
 
 def _takes(callback: Callable[..., Any], keyword: str) -> bool:
@@ -118,10 +118,11 @@ def _finish(request: RequestSession, response: bottle.BaseResponse) -> None:
     except StoreUnavailable as exc:
         raise _unavailable() from exc
     for name, value in headers:
-        if name == "Vary":
-            response.set_header("Vary", add_vary(response.get_header("Vary")))
-        else:
+        merge = MERGED_HEADERS.get(name)
+        if merge is None:
             response.add_header(name, value)
+        else:  # get_header would see only the last of several lines
+            response.set_header(name, merge(", ".join(response.headers.getall(name)) or None))
 
 
 def _unavailable() -> bottle.HTTPError:

@@ -10,7 +10,12 @@ import peewee
 
 from storedsession.exceptions import StoreUnavailable
 from storedsession.store import SessionStore
-from storedsession.web import RequestSession, SessionMiddlewareCore, add_vary
+from storedsession.web import (
+    MERGED_HEADERS,
+    RequestSession,
+    SessionMiddlewareCore,
+    scope_cookie_header,
+)
 
 if TYPE_CHECKING:
     import falcon.asgi
@@ -57,9 +62,11 @@ class StoredSessionMiddleware:
         )
         self.store = self.core.store
 
-    def _begin(self, req: falcon.Request, *, hold_connection: bool) -> RequestSession:
+    def _begin(
+        self, req: falcon.Request, cookie_header: str | None, *, hold_connection: bool
+    ) -> RequestSession:
         request = self.core.begin(
-            req.get_header("Cookie"), req.scheme == "https", hold_connection=hold_connection
+            cookie_header, req.scheme == "https", hold_connection=hold_connection
         )
         setattr(req.context, _STATE, request)
         req.context.session = request.lazy
@@ -67,13 +74,15 @@ class StoredSessionMiddleware:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Put the request's lazy session on ``req.context.session``."""
-        self._begin(req, hold_connection=True)
+        self._begin(req, req.get_header("Cookie"), hold_connection=True)
 
     async def process_request_async(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response
     ) -> None:
         """Put the session on ``req.context.session``, loaded off the event loop."""
-        await self._begin(req, hold_connection=False).preload()
+        # Falcon keeps only the last of several Cookie fields; the scope has them all.
+        cookie_header = scope_cookie_header(req.scope.get("headers"), req.get_header)
+        await self._begin(req, cookie_header, hold_connection=False).preload()
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
@@ -115,8 +124,9 @@ def _taken(req: falcon.Request, resource: object) -> RequestSession | None:
 
 def _apply(resp: falcon.Response, headers: list[tuple[str, str]]) -> None:
     for name, value in headers:
-        if name == "Vary":
-            resp.set_header("Vary", add_vary(resp.get_header("Vary")))
+        merge = MERGED_HEADERS.get(name)
+        if merge is not None:  # Falcon keeps one line per name, joined with ", "
+            resp.set_header(name, merge(resp.get_header(name)))
         else:
             # Raw, so the deletion cookie keeps Secure (unset_cookie drops it); appended
             # Set-Cookie lines are kept apart from each other and from the app's cookies.

@@ -5,16 +5,19 @@ An adapter builds a :class:`SessionMiddlewareCore` from its options, makes one
 scheme, hands ``request_session.lazy`` (a proxy that loads on first use; under ASGI,
 after ``await request_session.preload()``) to the application, and at the end asks
 :meth:`RequestSession.finish` (or ``finish_async``) which headers to add, answering 503
-when it raises ``StoreUnavailable``. Every decision (load or not, save or not, which
-cookie, ``Vary``, 5xx, interrupted sessions) is taken here.
+when it raises ``StoreUnavailable``; a header named in :data:`MERGED_HEADERS` is merged
+into the application's own. Every decision (load or not, save or not, which
+cookie, ``Vary``, ``Cache-Control``, 5xx, interrupted sessions) is taken here, and so is
+reading the ``Cookie`` header and checking the cookie options.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -35,9 +38,19 @@ ENVIRON_KEY = "storedsession.session"
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
 
 
+def _printable(text: str) -> bool:
+    """Tell whether ``text`` is printable ASCII with no comma (no CTL, no DEL)."""
+    return text.isascii() and text.isprintable() and "," not in text
+
+
 @dataclass(frozen=True)
 class CookieOptions:
-    """The session cookie's name and attributes."""
+    """The session cookie's name and attributes, checked when built.
+
+    Values that would break the ``Set-Cookie`` line, or that browsers would refuse, raise
+    ``ConfigurationError``. A ``__Host-`` or ``__Secure-`` name (in any case) or
+    ``samesite="None"`` turns ``secure=None`` into ``True``.
+    """
 
     name: str = "session"
     path: str = "/"
@@ -47,21 +60,42 @@ class CookieOptions:
     samesite: str | None = "Lax"
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in ' ;,="\t\r\n'):
+        if not self.name or not _printable(self.name) or any(c in self.name for c in ' ;,="'):
             raise ConfigurationError(f"{self.name!r} is not a usable cookie name.")
+        # A value that breaks the Set-Cookie line would add attributes or split the header.
+        if not self.path.startswith("/") or not _printable(self.path) or ";" in self.path:
+            raise ConfigurationError(
+                "cookie_path must start with '/' and hold only printable ASCII, without "
+                "';' or ','; percent-encode anything else."
+            )
+        if self.domain is not None and (
+            not _printable(self.domain) or any(c in self.domain for c in " ;")
+        ):
+            raise ConfigurationError(
+                "cookie_domain must be a host name in ASCII (IDNA), without ';', ',' or "
+                "spaces, or None."
+            )
         if self.samesite is not None:
             canonical = _SAMESITE.get(str(self.samesite).lower())
             if canonical is None:
                 raise ConfigurationError("cookie_samesite takes 'Lax', 'Strict', 'None' or None.")
             object.__setattr__(self, "samesite", canonical)
-            if canonical == "None" and self.secure is False:
-                raise ConfigurationError("cookie_samesite='None' needs a Secure cookie.")
-        if self.name.startswith("__Host-") and (
-            self.domain is not None or self.path != "/" or self.secure is False
-        ):
+        # Browsers match the prefixes case-insensitively and drop a prefixed or
+        # SameSite=None cookie that lacks Secure, even over plain HTTP.
+        prefix = self.name[:9].lower()
+        host = prefix.startswith("__host-")
+        if host or prefix == "__secure-" or self.samesite == "None":
+            if self.secure is False:
+                raise ConfigurationError(
+                    "A '__Host-' or '__Secure-' cookie, or cookie_samesite='None', needs a "
+                    "Secure cookie; browsers refuse it otherwise. Leave cookie_secure at "
+                    "None or pass True."
+                )
+            object.__setattr__(self, "secure", True)
+        if host and (self.domain is not None or self.path != "/"):
             raise ConfigurationError(
-                "A '__Host-' cookie needs cookie_path='/', no cookie_domain and a Secure "
-                "cookie; browsers refuse it otherwise."
+                "A '__Host-' cookie needs cookie_path='/' and no cookie_domain; browsers "
+                "refuse it otherwise."
             )
 
     def header(self, value: str, max_age: int | None, https: bool) -> str:
@@ -90,17 +124,23 @@ class CookieOptions:
 
 
 def cookie_values(header: str | None, name: str) -> Iterator[str]:
-    """Yield every value of cookie ``name`` in a raw ``Cookie`` header, in order.
+    r"""Yield every value of cookie ``name`` in a raw ``Cookie`` header, in order.
 
-    Pairs are split on ``;`` and also on ``,``, with which WSGI servers such as waitress
-    and gunicorn join repeated ``Cookie`` fields; a well-formed value holds neither.
+    As RFC 6265 §4.2.1 writes the header: pairs are split on ``;`` only, so a comma
+    belongs to a value (a sibling subdomain's ``pref=x,session=...`` smuggles in no
+    pair); only spaces and tabs around a name or value are trimmed (``str.strip`` would
+    also trim ``\xa0``, ``\x85`` or ``\x1c``); a value wrapped in double quotes, which
+    §4.1.1 allows and ``http.cookiejar`` sends, is read without them.
     """
     if not header or name not in header:
         return
-    for part in header.replace(",", ";").split(";"):
+    for part in header.split(";"):
         key, sep, value = part.partition("=")
-        if sep and key.strip() == name:
-            yield value.strip()
+        if sep and key.strip(" \t") == name:
+            value = value.strip(" \t")
+            if len(value) > 1 and value[0] == '"' == value[-1]:
+                value = value[1:-1]
+            yield value
 
 
 def pick_cookie(header: str | None, name: str) -> str | None:
@@ -114,6 +154,54 @@ def pick_cookie(header: str | None, name: str) -> str | None:
     return first
 
 
+def scope_cookie_header(headers: object, get_header: Callable[[str], str | None]) -> str | None:
+    """Return the raw ``Cookie`` header of an ASGI request, every field of it.
+
+    HTTP/2 sends cookie crumbs as separate fields (RFC 9113 §8.2.3), which a server
+    hands over one by one in ``scope["headers"]``: they are joined with ``"; "``, in
+    order. ``headers`` is used only when it is a list or a tuple, as servers give it;
+    anything else may be a one-shot iterator the framework has already consumed
+    (``falcon.testing`` passes one), and then ``get_header("Cookie")``, the
+    framework's own reading, is returned instead.
+    """
+    if not isinstance(headers, list | tuple):
+        return get_header("Cookie")
+    # ASGI lowercases header names and gives values as bytes; latin-1 as WSGI decodes.
+    crumbs = [value for key, value in headers if key == b"cookie"]
+    return b"; ".join(crumbs).decode("latin-1") if crumbs else None
+
+
+# A Cache-Control directive: a run of anything but commas, where a quoted string counts
+# as one piece (a comma inside no-cache="A, B" does not split it; a quote left open
+# does not hide the directives after it).
+_DIRECTIVE = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"|")+')
+_SHARED_ONLY = frozenset({"public", "s-maxage"})
+
+
+def private_cache_control(existing: str | None) -> str:
+    """Return ``existing`` Cache-Control value made unstorable by a shared cache.
+
+    For a response that sets or deletes the session cookie: ``public`` and ``s-maxage``
+    go, and ``private`` comes first unless an unqualified ``private`` or ``no-store`` is
+    already there (a qualified ``private="Set-Cookie"`` would let a shared cache store
+    the rest of the response, so it is replaced).
+    """
+    if not existing:
+        return "private"
+    kept = []
+    unstorable = False
+    for match in _DIRECTIVE.finditer(existing):
+        directive = match.group().strip(" \t")
+        name = directive.partition("=")[0].rstrip(" \t").lower()
+        if not directive or name in _SHARED_ONLY:
+            continue
+        if name == "private" and directive.lower() != "private":
+            continue
+        unstorable = unstorable or directive.lower() in ("private", "no-store")
+        kept.append(directive)
+    return ", ".join(kept if unstorable else ["private", *kept])
+
+
 def add_vary(existing: str | None) -> str:
     """Return ``existing`` Vary value with ``Cookie`` in it."""
     if not existing:
@@ -122,6 +210,15 @@ def add_vary(existing: str | None) -> str:
     if "cookie" in fields or "*" in fields:
         return existing
     return f"{existing}, Cookie"
+
+
+#: Headers that :meth:`RequestSession.finish` returns to be merged into the
+#: application's own (all its lines of that name, joined with ", "), not added beside
+#: them: the adapter sets ``MERGED_HEADERS[name](existing)`` in their place.
+MERGED_HEADERS: dict[str, Callable[[str | None], str]] = {
+    "Vary": add_vary,
+    "Cache-Control": private_cache_control,
+}
 
 
 class LazySession(Session):
@@ -288,6 +385,10 @@ class RequestSession:
                 headers.append(("Set-Cookie", cookie.header(session.id, max_age, self.https)))
             elif session._invalidated and session.new:
                 headers.append(("Set-Cookie", cookie.deletion(self.https)))
+            else:
+                return headers
+            # A shared cache must never store a cookie of one user to replay to others.
+            headers.append(("Cache-Control", "private"))
             return headers
         finally:
             self.close()

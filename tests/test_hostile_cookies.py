@@ -7,16 +7,17 @@ adopted id. The live session a hostile variant is derived from stays untouched.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import bottle
 import pytest
 
 from storedsession import SessionStore, ids
 
-from .support import fetch_rows
+from .support import fetch_rows, stored
 from .test_bottle import install
 from .test_falcon import Client
-from .wire import Reply, wsgi_call
+from .wire import Reply, asgi_call, wsgi_call
 
 
 def _flip(public_id: str) -> str:
@@ -40,8 +41,30 @@ CORPUS: dict[str, tuple[Callable[[str, str], str], bool]] = {
     "case-flipped": (lambda live, handle: f"session={_flip(live)}", True),
     "hashed-id": (lambda live, handle: f"session={handle}", False),
     "sql": (lambda live, handle: "session=' OR '1'='1'; DROP TABLE stored_sessions; --", False),
-    "quoted": (lambda live, handle: f'session="{live}"', False),
     "twice-both-bad": (lambda live, handle: "session=x; session=" + _flip(live), True),
+    # A sibling subdomain can set an ordinary cookie whose value holds a comma; the
+    # browser sends it first. Split on ";" only, so the smuggled pair is never read.
+    "comma-smuggled": (lambda live, handle: f"pref=x,session={live}", False),
+    "comma-space-smuggled": (lambda live, handle: f"pref=x, session={live}", False),
+    "comma-smuggled-twice": (lambda live, handle: f"a=1,session={live},b=2", False),
+    # Only spaces and tabs are trimmed: str.strip() would make these names match. (Each
+    # follows another pair: falcon.testing itself strips the ends of a header value.)
+    "nbsp-name": (lambda live, handle: f"theme=dark;\xa0session={live}", False),
+    "nel-name": (lambda live, handle: f"theme=dark;\x85session={live}", False),
+    "fs-name": (lambda live, handle: f"theme=dark;\x1csession={live}", False),
+    "us-name": (lambda live, handle: f"theme=dark; \x1fsession={live}", False),
+    "vt-name": (lambda live, handle: f"theme=dark;\x0bsession={live}", False),
+    "nbsp-name-suffix": (lambda live, handle: f"session\xa0={live}", False),
+    "nbsp-value": (lambda live, handle: f"session={live}\xa0; theme=dark", False),
+    # A value wrapped in one pair of double quotes is read without them; anything
+    # else with a quote is malformed.
+    "quote-open-only": (lambda live, handle: f'session="{live}', False),
+    "quote-close-only": (lambda live, handle: f'session={live}"', False),
+    "quoted-twice": (lambda live, handle: f'session=""{live}""', False),
+    "quoted-inner-space": (lambda live, handle: f'session=" {live}"', False),
+    "quoted-inner-tab": (lambda live, handle: f'session="{live}\t"', False),
+    "quoted-handle": (lambda live, handle: f'session="{handle}"', False),
+    "quoted-case-flipped": (lambda live, handle: f'session="{_flip(live)}"', True),
 }
 
 
@@ -57,10 +80,10 @@ class Frontend:
         else:
             self.client = Client(kind == "falcon-asgi", store)
 
-    def get(self, path: str, cookie: str | None) -> Reply:
+    def get(self, path: str, cookie: str | None, **options: Any) -> Reply:
         if self.kind == "bottle":
-            return wsgi_call(self.app, path, cookie=cookie)
-        return self.client.get(path, cookie=cookie)
+            return wsgi_call(self.app, path, cookie=cookie, **options)
+        return self.client.get(path, cookie=cookie, **options)
 
 
 @pytest.fixture(params=["bottle", "falcon-wsgi", "falcon-asgi"])
@@ -128,3 +151,98 @@ def test_every_response_to_a_hostile_cookie_is_boring(frontend, store, live) -> 
             reply = frontend.get(path, make(*live))
             assert reply.status == 200, (kind, path, reply.body)
     assert dict(store.load(live[0])) == {"n": 1}
+
+
+@pytest.mark.parametrize("quoting", ["quoted", "quoted-with-spaces"])
+def test_a_quoted_cookie_reads_its_session(frontend, store, live, count_queries, quoting) -> None:
+    # RFC 6265 §4.1.1 allows a DQUOTE-wrapped value; webtest and http.cookiejar send one.
+    header = {
+        "quoted": f'session="{live[0]}"',
+        "quoted-with-spaces": f'theme=a; session = "{live[0]}" ',
+    }[quoting]
+    with count_queries(store) as q:
+        reply = frontend.get("/read", header)
+    assert reply.json == {"n": 1, "new": False} and q.count == 1
+    reply = frontend.get("/count", header)
+    assert reply.json == {"n": 2} and reply.cookie().value == live[0]  # the same id
+    assert len(fetch_rows(store)) == 1
+
+
+def test_a_comma_smuggled_pair_loses_to_the_real_cookie(frontend, store, live) -> None:
+    attacker = frontend.get("/count", None).session_pair().partition("=")[2]
+    frontend.get("/count", f"session={attacker}")  # the attacker's session holds n == 2
+    reply = frontend.get("/read", f"pref=x,session={attacker}; session={live[0]}")
+    assert reply.json == {"n": 1, "new": False}
+
+
+# -- ASGI: every cookie field counts ---------------------------------------------------
+
+
+@pytest.fixture
+def asgi_app(store: SessionStore) -> Any:
+    return Client(True, store).wire
+
+
+@pytest.mark.parametrize("container", [list, tuple], ids=["list", "tuple"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ["session={live}", "theme=dark"],
+        ["theme=dark", "session={live}"],
+        ["a=1", "session={live}", "b=2"],
+        ["session=garbage", "session={live}"],
+        ["session={live}", "session={other}"],
+    ],
+    ids=["first-crumb", "last-crumb", "middle-crumb", "garbage-first", "two-ids"],
+)
+def test_asgi_reads_every_cookie_field(asgi_app, store, count_queries, container, fields) -> None:
+    # HTTP/2 sends cookie crumbs as separate fields (RFC 9113 §8.2.3); a server hands
+    # them over as they came, in a list (uvicorn) or a tuple.
+    live = stored(store, n=1)
+    other = stored(store, n=2)
+    headers = [("cookie", f.format(live=live, other=other)) for f in fields]
+    with count_queries(store) as q:
+        reply = asgi_call(asgi_app, "/read", headers=headers, container=container)
+    assert reply.status == 200 and reply.json == {"n": 1, "new": False}
+    assert q.count == 1
+
+
+def test_asgi_cookie_fields_are_joined_with_semicolons_not_split_on_commas(asgi_app, store) -> None:
+    live = stored(store, n=1)
+    attacker = stored(store, n=2)
+    headers = [("cookie", f"pref=x,session={attacker}"), ("cookie", f"session={live}")]
+    assert asgi_call(asgi_app, "/read", headers=headers).json == {"n": 1, "new": False}
+    headers = [("cookie", "pref=x"), ("cookie", f",session={attacker}")]
+    assert asgi_call(asgi_app, "/read", headers=headers).json == {"n": None, "new": True}
+
+
+def test_falcon_testing_cookie_fields_fall_back_to_falcons_header(store) -> None:
+    # falcon.testing passes scope["headers"] as a one-shot iterator that Falcon has
+    # consumed: the middleware then reads Falcon's own Cookie header (its last field).
+    client = Client(True, store)
+    live = stored(store, n=1)
+    result = client.client.simulate_get(
+        "/read", headers=[("Cookie", "theme=dark"), ("Cookie", f"session={live}")]
+    )
+    assert result.json == {"n": 1, "new": False}
+
+
+@pytest.mark.parametrize("asgi", [True, False], ids=["falcon-asgi", "falcon-wsgi"])
+def test_the_client_address_is_left_to_falcon(store, asgi) -> None:
+    # Under falcon.testing scope["client"] is a one-shot iterator: reading it would
+    # break Falcon's own req.remote_addr.
+    client = Client(asgi, store)
+
+    def address(req: Any, resp: Any) -> None:
+        resp.media = {"n": req.context.session.get("n"), "addr": req.remote_addr}
+
+    client.route("/addr", address)
+    live = stored(store, n=1)
+    for cookie in (None, f"session={live}", f'session="{live}"'):
+        headers = {"Cookie": cookie} if cookie else {}
+        result = client.client.simulate_get("/addr", headers=headers, remote_addr="10.1.2.3")
+        assert result.status_code == 200 and result.json["addr"] == "10.1.2.3"
+    assert result.json["n"] == 1
+    if asgi:
+        reply = asgi_call(client.wire, "/addr", headers=[("cookie", f"session={live}")])
+        assert reply.json == {"n": 1, "addr": "203.0.113.7"}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,17 @@ HOSTILE = {
     "non-ascii": "Zoë☃".encode().decode("latin-1"),  # as a WSGI server hands it over
     "quotes": '"' + "A" * 43 + '"',
 }
+
+#: (Cache-Control the application set, what a response that sets or deletes the session
+#: cookie carries): never storable by a shared cache.
+CACHE_CONTROL = [
+    (None, "private"),
+    ("public, max-age=60", "private, max-age=60"),
+    ("public, s-maxage=600, max-age=60", "private, max-age=60"),
+    ("max-age=60", "private, max-age=60"),
+    ("no-store", "no-store"),
+    ("private, max-age=60", "private, max-age=60"),
+]
 
 
 @dataclass
@@ -139,6 +151,51 @@ def wsgi_call(
         if close is not None:
             close()
     return Reply(int(started[0][:3]), list(started[1]), body)
+
+
+def asgi_call(
+    app: Callable[..., Any],
+    path: str = "/",
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    container: type[list[Any]] | type[tuple[Any, ...]] = list,
+) -> Reply:
+    """Call an ASGI app once with a scope as servers build it: ``headers`` (repeated
+    names kept apart, as HTTP/2 sends cookie crumbs) in a ``container`` of byte pairs,
+    ``client`` a tuple. Unlike falcon.testing, nothing in the scope is a one-shot
+    iterator."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "2",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": container(
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in [("host", "example.com"), *headers]
+        ),
+        "client": ("203.0.113.7", 50000),
+        "server": ("example.com", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(event: dict[str, Any]) -> None:
+        sent.append(event)
+
+    asyncio.run(app(scope, receive, send))
+    start = next(event for event in sent if event["type"] == "http.response.start")
+    body = b"".join(
+        event.get("body", b"") for event in sent if event["type"] == "http.response.body"
+    )
+    lines = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]]
+    return Reply(start["status"], lines, body)
 
 
 class SlowRequest:
