@@ -7,6 +7,7 @@ driver's error, and never with the password of a database URL in its message.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import re
@@ -159,7 +160,28 @@ def open_database(database: str | peewee.Database) -> tuple[peewee.Database, boo
     if is_mysql(db) and "passwd" in db.connect_params:
         # db_url still spells it "passwd", which PyMySQL deprecates.
         db.connect_params["password"] = db.connect_params.pop("passwd")
+    if is_mysql(db):
+        _check_pymysql_options(db.connect_params)
     return db, True
+
+
+def _check_pymysql_options(options: dict[str, Any]) -> None:
+    """Refuse query parameters PyMySQL does not take, now rather than at every connect.
+
+    PyMySQL raises ``TypeError`` for them when it connects, which no request could turn
+    into anything but a 500 (psycopg2 reports its own as a database error, a 503).
+    """
+    try:
+        from pymysql.connections import Connection
+    except ImportError:
+        return  # another driver: it reports its own options
+    unknown = sorted(set(options) - set(inspect.signature(Connection).parameters))
+    if unknown:
+        raise ConfigurationError(
+            f"The database URL's query has {', '.join(map(repr, unknown))}, which PyMySQL "
+            "does not take as a connection option; pool options are max_connections, "
+            "stale_timeout and timeout."
+        )
 
 
 def is_mysql(database: peewee.Database) -> bool:

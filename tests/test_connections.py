@@ -22,7 +22,7 @@ import peewee
 import pytest
 from playhouse import db_url
 
-from storedsession import SessionStore
+from storedsession import ConfigurationError, SessionStore
 from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.plugins.falcon import StoredSessionMiddleware
 
@@ -260,3 +260,10 @@ def test_sqlite_keeps_one_connection_per_thread(tmp_path, keys, table_name) -> N
     finally:
         store.drop_table()
         store.close()
+
+
+def test_an_option_the_mysql_driver_does_not_take_is_refused_when_built(tmp_path, keys) -> None:
+    url = backend_url("mysql", tmp_path) + "?api_token=s3cretCANARY"
+    with pytest.raises(ConfigurationError, match="api_token") as caught:
+        SessionStore(url, keys=keys)
+    assert "s3cretCANARY" not in str(caught.value)
