@@ -138,6 +138,7 @@ class SessionWrites:
         """Insert the session under a freshly drawn id, then let it take that id."""
         now = self.now()
         created = session._created if session._created is not None else now
+        now = max(now, created)  # see _seen_now
         expires = self._expiry(created, now, session._idle)
         for _ in range(MAX_ID_DRAWS):
             public_id = ids.new_public_id()
@@ -196,8 +197,17 @@ class SessionWrites:
             "The session kept changing under this request and could not be saved; try again."
         )
 
+    def _seen_now(self, session: Session) -> int:
+        """Return the last-seen time to write: now, but never before the creation.
+
+        A row last seen before its creation reads as edited; a server whose clock runs a
+        little behind the one that created the session must not make it so.
+        """
+        assert session._created is not None
+        return max(self.now(), session._created)
+
     def _update_once(self, session: Session, plaintext: bytes) -> None:
-        now = self.now()
+        now = self._seen_now(session)
         handle = session._handle
         assert handle is not None and session._created is not None
         expires = self._expiry(session._created, now, session._idle)
@@ -278,7 +288,7 @@ class SessionWrites:
         return self._plaintext(session)
 
     def _touch(self, session: Session) -> Outcome:
-        now = self.now()
+        now = self._seen_now(session)
         assert session._last_seen is not None and session._created is not None
         if now - session._last_seen < self._touch_ms:
             return Outcome.NOTHING

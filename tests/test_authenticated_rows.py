@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from storedsession import Session, SessionStore, generate_key
 from storedsession.maintenance import rotate_keys
 from storedsession.writes import Outcome
 
-from .support import fetch_rows, stored
+from .support import FakeClock, fetch_rows, stored
 from .vectors import generate
 
 SECURITY = "storedsession.security"
@@ -318,6 +319,28 @@ def test_the_metadata_map_is_carried_from_load_to_save(make_store, keys, clock) 
     assert final._meta == {}  # a new session starts without any
 
 
+def test_in_a_merge_the_metadata_map_goes_with_the_user_id(store) -> None:
+    """The device details belong to the request that set the user id (no public API yet)."""
+    public_id = stored(store, n=0)
+    login, other = store.load(public_id), store.load(public_id)
+    login.user_id = "42"
+    login._meta = {"user_agent": "the login's browser"}
+    other["m"] = 1
+    store.save(other)
+    store.save(login)  # lost the race: merged, keeps its user id and its map
+    merged = store.load(public_id)
+    assert merged.user_id == "42" and merged._meta == {"user_agent": "the login's browser"}
+    stale, newer = store.load(public_id), store.load(public_id)
+    newer.user_id = "43"
+    newer._meta = {"user_agent": "another browser"}
+    store.save(newer)
+    stale["n"] = 1  # changed no user id: takes the stored map with the stored user id
+    store.save(stale)
+    final = store.load(public_id)
+    assert final.user_id == "43" and final._meta == {"user_agent": "another browser"}
+    assert dict(final) == {"n": 1, "m": 1}
+
+
 def test_an_untouched_read_costs_no_serialization(store, monkeypatch) -> None:
     from storedsession import serialization
 
@@ -369,3 +392,26 @@ def test_what_remains_an_older_row_written_back_opens(store) -> None:
     )
     loaded = store.load(session.id)
     assert dict(loaded) == {"cart": [1]} and loaded.user_id == "42"
+
+
+def test_a_server_whose_clock_is_a_little_behind_never_makes_a_row_look_edited(
+    make_store, clock
+) -> None:
+    """Created on a server 2 s ahead, written at once on one that is not: it still loads."""
+    ahead = FakeClock()
+    ahead.now = clock.now + timedelta(seconds=2)
+    creator, writer = make_store(clock=ahead), make_store()
+    session = signed_in(creator, "42", n=0)
+    loaded = writer.load(session.id)
+    loaded["n"] = 1
+    writer.save(loaded)  # an update, a second "before" the session was created
+    assert dict(writer.load(session.id)) == {"n": 1}
+    regenerated = writer.load(session.id)
+    regenerated.regenerate()
+    writer.save(regenerated)
+    assert writer.load(regenerated.id).user_id == "42"
+    slow = make_store(clock=clock, touch_interval=0)
+    slow.save(slow.load(regenerated.id))  # a touch: moves "last seen" no further back
+    created = column(slow, regenerated.handle, "created_at")
+    assert column(slow, regenerated.handle, "last_seen_at") == created
+    assert creator.load(regenerated.id).user_id == "42"
