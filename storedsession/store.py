@@ -181,8 +181,9 @@ class SessionStore(SessionWrites, UserSessions):
         Never raises for bad input: a missing, malformed, unknown, expired or
         undecryptable id gives a new session, and so does a row whose columns were
         edited without the keys (format 2 seals them; a last-seen time before the
-        creation or more than 5 minutes ahead of the clock counts as edited). Raises :class:`StoreUnavailable` when the
-        database fails, so that a session is never silently dropped.
+        creation or more than 5 minutes ahead of the clock counts as edited). Raises
+        :class:`StoreUnavailable` when the database fails, so that a session is never
+        silently dropped.
         """
         if value is None:
             return Session()
