@@ -293,12 +293,14 @@ def _read_keys(keys_file: Path | None) -> list[str]:
     return texts
 
 
-def _summary(report: Rotation) -> str:
+def _summary(report: Rotation, key_id: str) -> str:
     line = (
-        f"Re-encrypted {report.rotated} sessions under the first key; "
+        f"Re-encrypted {report.rotated} sessions under the first key (id {key_id}); "
         f"{report.current} were under it already; {report.unreadable} could not be "
         "read with any key and were left untouched."
     )
+    if report.malformed:
+        line += f" {report.malformed} had a stored id that is not ASCII and were skipped."
     if report.changed:
         line += f" {report.changed} kept changing under live traffic: run it again to finish them."
     return line
@@ -320,14 +322,16 @@ def _summary(report: Rotation) -> str:
 )
 @pass_target
 def rotate_keys_command(target: Target, batch_size: int, keys_file: Path | None) -> None:
-    """Re-encrypt every stored session under the first key.
+    """Re-encrypt every stored session under the first key, in the current format.
 
     Keys come from --keys-file or STOREDSESSION_KEYS, never from the command line.
-    Sessions no key can read are counted and left untouched; a session saved by live
-    traffic meanwhile keeps that save. Interrupted, it goes on where it stopped when run
-    again. Afterwards, the keys after the first can be removed.
+    Sessions no key can read, and rows whose stored id is not ASCII, are counted and left
+    untouched; a session saved by live traffic meanwhile keeps that save. Rows in envelope
+    format 1 are rewritten even under the first key. Interrupted, it goes on where it
+    stopped when run again. Afterwards, the keys after the first can be removed.
     """
-    store = target.store(_read_keys(keys_file))
+    texts = _read_keys(keys_file)
+    store = target.store(texts)
     model = store.model
 
     def count() -> int:
@@ -336,7 +340,7 @@ def rotate_keys_command(target: Target, batch_size: int, keys_file: Path | None)
 
     with _progress("Re-encrypting sessions", count) as progress:
         report = rotate_keys(store, batch_size, progress=progress)
-    click.echo(_summary(report))
+    click.echo(_summary(report, parse_keys(texts)[0].key_id.hex()))
 
 
 def _size(size: int | None, size_of: str) -> str:
@@ -355,11 +359,12 @@ def _size(size: int | None, size_of: str) -> str:
 @database_options
 @pass_target
 def stats_command(target: Target) -> None:
-    """Show session counts, ages and the table size. Needs no keys.
+    """Show session counts, ages, the table size and the envelopes. Needs no keys.
 
     Live, expired and total sessions, live ones with a user id, the creation times of
     the oldest and newest live sessions (live and expired as the stored expiry times
-    say), and the size of the table where the database can tell.
+    say), the size of the table where the database can tell, and how many stored rows
+    are in each envelope format under each key id (format 1: run rotate-keys).
     """
     store = target.store()
     figures = stats(store)
@@ -377,8 +382,13 @@ def stats_command(target: Target) -> None:
         ("Newest live, created", when(figures.newest)),
         ("Size", _size(figures.size, figures.size_of)),
     ]
+    for envelopes in figures.envelopes:
+        if envelopes.format is None:
+            rows.append(("Not an envelope", envelopes.rows))
+        else:
+            rows.append((f"Format {envelopes.format}, key {envelopes.key_id}", envelopes.rows))
     for label, value in rows:
-        click.echo(f"{label + ':':<22}{value}")
+        click.echo(f"{label + ':':<24}{value}")
 
 
 @cli.command("install-migration")

@@ -2,7 +2,12 @@
 
 ``storedsession rotate-keys`` and ``storedsession stats`` run against the table the
 application is serving from, so every write here is one short conditional statement that
-loses to any save a live request makes. The table's schema (migrations, upgrades) is
+loses to any save a live request makes. The rotation also moves rows of envelope format 1
+to format 2 (which authenticates ``user_id``, creation time and idle timeout), sealing
+each to the columns it holds at that moment: what format 1 never bound is taken as it is.
+A row whose stored id the store cannot have written (not ASCII) is counted and skipped.
+``storedsession stats`` counts envelopes per format and key id from the payloads' first
+bytes, without keys. The table's schema (migrations, upgrades) is
 :mod:`storedsession.schema`'s.
 """
 
@@ -12,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee
 
-from .crypto import DecryptionFailed
+from .crypto import FORMAT_VERSION, LEGACY_FORMAT, DecryptionFailed
 from .database import is_mysql, is_sqlite
 from .store import SessionStore
 
@@ -27,9 +32,10 @@ ROTATION_RETRIES = 3
 class RowOutcome(Enum):
     """What the rotation did with one row."""
 
-    ROTATED = "rotated"  #: re-encrypted under the first key
-    CURRENT = "current"  #: already under the first key: nothing to do
+    ROTATED = "rotated"  #: re-encrypted under the first key, in the current format
+    CURRENT = "current"  #: already under the first key, in the current format: nothing to do
     UNREADABLE = "unreadable"  #: no configured key opens it: left untouched
+    MALFORMED = "malformed"  #: its stored id is not one the store writes (not ASCII): skipped
     CHANGED = "changed"  #: live traffic kept changing it: left for the next run
     GONE = "gone"  #: deleted meanwhile (logout, expiry, new id)
 
@@ -41,12 +47,28 @@ class Rotation:
     rotated: int = 0
     current: int = 0
     unreadable: int = 0
+    malformed: int = 0
     changed: int = 0
     gone: int = 0
 
     def add(self, outcome: RowOutcome) -> None:
         """Count one row."""
         setattr(self, outcome.value, getattr(self, outcome.value) + 1)
+
+
+class StoredRow(NamedTuple):
+    """The columns of one row that a rotation reads, in the order it selects them."""
+
+    sid: str
+    payload: bytes
+    user_id: str | None
+    created: int
+    idle: int | None
+    version: int
+
+
+def _columns(model: Any) -> tuple[Any, ...]:
+    return (model.payload, model.user_id, model.created_at, model.idle_timeout, model.version)
 
 
 def rotate_keys(
@@ -56,9 +78,10 @@ def rotate_keys(
 
     Rows are walked in ``sid`` order, ``batch_size`` at a time, each batch starting after
     the last id of the one before (no ``OFFSET`` that rows deleted meanwhile would shift).
-    Rows already under the first key are skipped without a write, so running it again
-    after an interruption goes on where it stopped. ``progress`` is called with the size
-    of each batch.
+    Rows already in the current format under the first key are skipped without a write, so
+    running it again after an interruption goes on where it stopped; rows in an earlier
+    format are rewritten even under the first key. ``progress`` is called with the size of
+    each batch.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError("batch_size must be a positive whole number.")
@@ -67,53 +90,96 @@ def rotate_keys(
     last = ""
     while True:
         query = (
-            model.select(model.sid, model.payload, model.version)
+            model.select(model.sid, *_columns(model))
             .where(model.sid > last)
             .order_by(model.sid)
             .limit(batch_size)
             .tuples()
         )
         with store.connected():
-            rows = list(query)
-            for sid, payload, version in rows:
-                report.add(rotate_row(store, sid, payload, version))
+            rows = [StoredRow(*row) for row in query]
+            for row in rows:
+                report.add(rotate_row(store, row))
         if not rows:
             return report
-        last = rows[-1][0]
+        last = rows[-1].sid
         if progress is not None:
             progress(len(rows))
 
 
-def rotate_row(store: SessionStore, sid: str, payload: bytes, version: int) -> RowOutcome:
-    """Re-encrypt the row ``sid``, read as ``payload`` at ``version``, under the first key.
+def rotate_row(store: SessionStore, row: StoredRow) -> RowOutcome:
+    """Re-encrypt one row, as read, under the first key in the current format.
 
-    The write is conditional on ``version`` and leaves it as it is: the plaintext does not
-    change, so a request that loaded the row before still saves over it as usual, while a
-    request that saved first makes this write match nothing. The row is then re-read and
-    tried again, a bounded number of times.
+    The payload is sealed anew to the row's own ``user_id``, creation time and idle
+    timeout, and written on the condition that ``version`` did not move, leaving it as it
+    is: the data does not change, so a request that loaded the row before still saves over
+    it as usual, while a request that saved first makes this write match nothing. The row
+    is then re-read and tried again, a bounded number of times.
     """
     model, envelope = store.model, store.envelope
+    sid = row.sid
+    if not sid.isascii():  # written by hand: no envelope can be bound to it
+        return RowOutcome.MALFORMED
     for _ in range(ROTATION_RETRIES):
-        payload = bytes(payload)
-        if not envelope.needs_rotation(payload):
-            return RowOutcome.CURRENT
         try:
-            plaintext = envelope.open(payload, sid)
-        except DecryptionFailed:
+            payload = bytes(row.payload)
+            if not envelope.needs_rotation(payload):
+                return RowOutcome.CURRENT
+            metadata, data = envelope.open(payload, sid, row.user_id, row.created, row.idle)
+        except (DecryptionFailed, TypeError):  # TypeError: SQLite keeps text in a blob
             return RowOutcome.UNREADABLE
-        update = model.update(payload=envelope.seal(plaintext, sid)).where(
-            (model.sid == sid) & (model.version == version)
+        sealed = envelope.seal(data, sid, row.user_id, row.created, row.idle, metadata)
+        update = model.update(payload=sealed).where(
+            (model.sid == sid) & (model.version == row.version)
         )
         with store.connected():
             if update.execute() == 1:
                 return RowOutcome.ROTATED
-            row = (
-                model.select(model.payload, model.version).where(model.sid == sid).tuples().first()
-            )
-        if row is None:
+            again = model.select(*_columns(model)).where(model.sid == sid).tuples().first()
+        if again is None:
             return RowOutcome.GONE
-        payload, version = row
+        row = StoredRow(sid, *again)
     return RowOutcome.CHANGED
+
+
+class EnvelopeCount(NamedTuple):
+    """How many stored rows are in one envelope format under one key id.
+
+    ``format`` and ``key_id`` (hex) are ``None`` for payloads that are no envelope of a
+    known format.
+    """
+
+    format: int | None
+    key_id: str | None
+    rows: int
+
+
+_KNOWN_FORMATS = (LEGACY_FORMAT, FORMAT_VERSION)
+
+
+def envelope_counts(store: SessionStore) -> tuple[EnvelopeCount, ...]:
+    """Count the rows per envelope format and key id, inside a connection; needs no keys.
+
+    Only the first five bytes of each payload are read, in SQL: nothing is decrypted and
+    no payload crosses the wire. Newest format first, then the most rows.
+    """
+    model = store.model
+    head = peewee.fn.SUBSTR(model.payload, 1, 5)
+    query = model.select(head, peewee.fn.COUNT(model.sid)).group_by(peewee.SQL("1")).tuples()
+    counts: dict[tuple[int | None, str | None], int] = {}
+    for raw, count in query:
+        prefix = b"" if raw is None else bytes(raw)  # SQLite gives NULL for an empty blob
+        if len(prefix) == 5 and prefix[0] in _KNOWN_FORMATS:
+            kind: tuple[int | None, str | None] = (prefix[0], prefix[1:].hex())
+        else:
+            kind = (None, None)
+        counts[kind] = counts.get(kind, 0) + int(count)
+    return tuple(
+        sorted(
+            (EnvelopeCount(fmt, key_id, count) for (fmt, key_id), count in counts.items()),
+            key=lambda c: (c.format is None, -(c.format or 0), -c.rows, c.key_id or ""),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -122,7 +188,8 @@ class Stats:
 
     ``oldest`` and ``newest`` are the creation times of the oldest and newest live
     sessions; ``size`` is in bytes, ``None`` when the database cannot tell, and
-    ``size_of`` says what it measures.
+    ``size_of`` says what it measures. ``envelopes`` counts every stored row (expired ones
+    too, as the rotation sees them) per envelope format and key id.
     """
 
     live: int
@@ -132,6 +199,7 @@ class Stats:
     newest: datetime | None
     size: int | None
     size_of: str
+    envelopes: tuple[EnvelopeCount, ...] = ()
 
     @property
     def total(self) -> int:
@@ -144,7 +212,7 @@ def _utc(ms: Any) -> datetime | None:
 
 
 def stats(store: SessionStore) -> Stats:
-    """Count the table's sessions in one query, and measure it where the database can."""
+    """Count the table's sessions and their envelopes, and measure it where it can."""
     model, now = store.model, store.now()
     live = model.expires_at.is_null() | (model.expires_at > now)
 
@@ -161,6 +229,7 @@ def stats(store: SessionStore) -> Stats:
     with store.connected():
         total, expired, with_user, oldest, newest = query.get()
         size, size_of = table_size(store)
+        envelopes = envelope_counts(store)
     expired = int(expired or 0)
     return Stats(
         live=int(total) - expired,
@@ -170,6 +239,7 @@ def stats(store: SessionStore) -> Stats:
         newest=_utc(newest),
         size=size,
         size_of=size_of,
+        envelopes=envelopes,
     )
 
 

@@ -43,6 +43,7 @@ class Session(MutableMapping[str, Any]):
     __slots__ = (
         "_data",
         "_loaded",
+        "_meta",
         "_public_id",
         "_handle",
         "_version",
@@ -68,6 +69,9 @@ class Session(MutableMapping[str, Any]):
     def _reset(self) -> None:
         self._data: dict[str, Any] = {}
         self._loaded: bytes | None = None
+        # The sealed metadata map (device details to come); no public API changes it yet,
+        # so it travels unchanged from load to every save of this session.
+        self._meta: dict[str, Any] = {}
         self._public_id: str | None = None
         self._handle: str | None = None
         self._version = 0
@@ -90,6 +94,7 @@ class Session(MutableMapping[str, Any]):
         cls,
         data: dict[str, Any],
         plaintext: bytes,
+        metadata: dict[str, Any],
         public_id: str,
         handle: str,
         version: int,
@@ -101,7 +106,7 @@ class Session(MutableMapping[str, Any]):
     ) -> Session:
         """Build a stored session in one go (the store calls this on every load)."""
         self = cls.__new__(cls)
-        self._data, self._loaded = data, plaintext
+        self._data, self._loaded, self._meta = data, plaintext, metadata
         self._public_id, self._handle, self._version = public_id, handle, version
         self._created, self._last_seen, self._expires = created, last_seen, expires
         self._user_id = self._loaded_user_id = user_id

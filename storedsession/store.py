@@ -32,6 +32,9 @@ CREATE_ATTEMPTS = 5
 
 #: The ``keys=`` of a store built by :meth:`SessionStore.without_keys`.
 _WITHOUT_KEYS: Any = object()
+#: How far ahead of the store's clock a row's last-seen time may be (clocks of several
+#: servers differ a little) before the row counts as edited.
+LAST_SEEN_LEEWAY_MS = 5 * 60 * 1000
 
 
 def _ms(value: float | None) -> int | None:
@@ -46,7 +49,9 @@ class SessionStore(SessionWrites, UserSessions):
     forms). ``keys`` is one key or a newest-first list (``STOREDSESSION_KEYS`` when
     omitted). Timeouts take seconds or a ``timedelta``; ``None`` means no limit.
     ``max_size`` bounds the serialized JSON of one session, in bytes. ``clock`` returns
-    the current UTC time, for tests.
+    the current UTC time, for tests. ``legacy_envelopes=False`` refuses rows still in
+    envelope format 1, whose columns are not authenticated (``storedsession stats`` tells
+    when none is left; ``storedsession rotate-keys`` moves them).
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class SessionStore(SessionWrites, UserSessions):
         touch_interval: float | timedelta = 60,
         max_size: int = 1024 * 1024,
         clock: Callable[[], datetime] | None = None,
+        legacy_envelopes: bool = True,
     ) -> None:
         keyless = keys is _WITHOUT_KEYS
         parsed_keys = () if keyless else parse_keys(keys)
@@ -77,7 +83,7 @@ class SessionStore(SessionWrites, UserSessions):
         self.database, self.owns_database = open_database(database)
         self.model = build_model(self.database, table_name)
         self.envelope: Envelope | NoKeys = (
-            NoKeys() if keyless else Envelope(parsed_keys, table_name)
+            NoKeys() if keyless else Envelope(parsed_keys, table_name, legacy=legacy_envelopes)
         )
         self._connection = Connector(self.database, table_name)
         self._sql = Statements.build(self.database, table_name)
@@ -190,8 +196,11 @@ class SessionStore(SessionWrites, UserSessions):
         """Return the live session whose public id is ``value``, or a new empty one.
 
         Never raises for bad input: a missing, malformed, unknown, expired or
-        undecryptable id gives a new session. Raises :class:`StoreUnavailable` when the
-        database fails, so that a session is never silently dropped.
+        undecryptable id gives a new session, and so does a row whose columns were
+        edited without the keys (format 2 seals them; a last-seen time before the
+        creation or more than 5 minutes ahead of the clock counts as edited). Raises
+        :class:`StoreUnavailable` when the database fails, so that a session is never
+        silently dropped.
         """
         if value is None:
             return Session()
@@ -206,11 +215,20 @@ class SessionStore(SessionWrites, UserSessions):
             security_log.info("Ignored an unknown session id.")
             return Session()
         payload, user_id, created, last_seen, expires, idle, version = row
-        if not self._alive(created, last_seen, expires, idle, self.now()):
-            security_log.info("Ignored an expired session.")
-            return Session()
+        now = self.now()
         try:
-            plaintext = self.envelope.open(bytes(payload), handle)
+            # Not sealed (a touch does not re-seal), so checked: an edited last-seen time
+            # could otherwise keep a session alive for ever.
+            if not created <= last_seen <= now + LAST_SEEN_LEEWAY_MS:
+                security_log.warning(
+                    "Ignored a stored session whose last-seen time is before its creation "
+                    "or more than 5 minutes ahead of this store's clock."
+                )
+                return Session()
+            if not self._alive(created, last_seen, expires, idle, now):
+                security_log.info("Ignored an expired session.")
+                return Session()
+            metadata, plaintext = self.envelope.open(bytes(payload), handle, user_id, created, idle)
             data = serialization.loads(plaintext)
         except DecryptionFailed as exc:
             security_log.warning("A stored session could not be decrypted: %s.", exc)
@@ -218,8 +236,21 @@ class SessionStore(SessionWrites, UserSessions):
         except ValueError:
             security_log.warning("A stored session decrypted to something that is not JSON.")
             return Session()
+        except TypeError:  # SQLite keeps text written into an integer or a blob column
+            security_log.warning("A stored session has a column of the wrong type.")
+            return Session()
         return Session._from_row(
-            data, plaintext, value, handle, version, created, last_seen, expires, user_id, idle
+            data,
+            plaintext,
+            metadata,
+            value,
+            handle,
+            version,
+            created,
+            last_seen,
+            expires,
+            user_id,
+            idle,
         )
 
     # -- delete and expire ---------------------------------------------------------

@@ -1,5 +1,11 @@
 """How a save lands: one INSERT or one versioned UPDATE, a merge when another request
-saved first, a new id at login, a throttled "last seen" otherwise."""
+saved first, a new id at login, a throttled "last seen" otherwise.
+
+Every statement that writes ``user_id``, ``idle_timeout`` or a new row writes a payload
+sealed to those very values (and to the creation time) beside them; the "last seen" touch
+changes none of them and re-seals nothing. The metadata map travels with the session and,
+in a merge, with the user id: a request that changed the user id keeps its own map.
+"""
 
 from __future__ import annotations
 
@@ -132,13 +138,16 @@ class SessionWrites:
         """Insert the session under a freshly drawn id, then let it take that id."""
         now = self.now()
         created = session._created if session._created is not None else now
+        now = max(now, created)  # see _seen_now
         expires = self._expiry(created, now, session._idle)
         for _ in range(MAX_ID_DRAWS):
             public_id = ids.new_public_id()
             handle = ids.handle_for(public_id)
             params = (
                 handle,
-                self.envelope.seal(plaintext, handle),
+                self.envelope.seal(
+                    plaintext, handle, session._user_id, created, session._idle, session._meta
+                ),
                 session._user_id,
                 created,
                 now,
@@ -188,12 +197,25 @@ class SessionWrites:
             "The session kept changing under this request and could not be saved; try again."
         )
 
+    def _seen_now(self, session: Session) -> int:
+        """Return the last-seen time to write: now, but never before the creation.
+
+        A row last seen before its creation reads as edited; a server whose clock runs a
+        little behind the one that created the session must not make it so.
+        """
+        assert session._created is not None
+        return max(self.now(), session._created)
+
     def _update_once(self, session: Session, plaintext: bytes) -> None:
-        now = self.now()
+        now = self._seen_now(session)
         handle = session._handle
         assert handle is not None and session._created is not None
         expires = self._expiry(session._created, now, session._idle)
-        sealed = self.envelope.seal(plaintext, handle)
+        # Sealed to the columns this statement leaves in the row: changed ones are written
+        # beside it, unchanged ones are the row's (the version proves it).
+        sealed = self.envelope.seal(
+            plaintext, handle, session._user_id, session._created, session._idle, session._meta
+        )
         params: tuple[Any, ...]
         if session._user_id != session._loaded_user_id or session._idle != session._loaded_idle:
             sql, params = (
@@ -242,16 +264,18 @@ class SessionWrites:
         mine_user, mine_idle = session._user_id, session._idle
         user_changed = mine_user != session._loaded_user_id
         idle_changed = mine_idle != session._loaded_idle
+        payload, user_id, created, last_seen, expires, idle, version = row
         try:
-            latest_plain = self.envelope.open(bytes(row[0]), handle)
+            their_meta, latest_plain = self.envelope.open(
+                bytes(payload), handle, user_id, created, idle
+            )
             theirs = serialization.loads(latest_plain)
-        except (DecryptionFailed, ValueError):
+        except (DecryptionFailed, ValueError, TypeError):
             raise StoreUnavailable(
                 "The session was changed by another request in a form this store cannot "
                 "read (check the keys); nothing was saved."
             ) from None
         merged = reapply(serialization.loads(session._loaded), session._data, theirs)
-        _, user_id, created, last_seen, expires, idle, version = row
         session._data = merged
         session._loaded = latest_plain
         session._version = version
@@ -259,10 +283,12 @@ class SessionWrites:
         session._loaded_user_id, session._loaded_idle = user_id, idle
         session._user_id = mine_user if user_changed else user_id
         session._idle = mine_idle if idle_changed else idle
+        if not user_changed:  # the device details belong to whoever set the user id
+            session._meta = their_meta
         return self._plaintext(session)
 
     def _touch(self, session: Session) -> Outcome:
-        now = self.now()
+        now = self._seen_now(session)
         assert session._last_seen is not None and session._created is not None
         if now - session._last_seen < self._touch_ms:
             return Outcome.NOTHING

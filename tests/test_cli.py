@@ -20,10 +20,11 @@ from playhouse import migrations
 from storedsession import Session, SessionStore, __version__, generate_key
 from storedsession.cli import cli
 from storedsession.keys import parse_keys
-from storedsession.maintenance import RowOutcome, rotate_row
+from storedsession.maintenance import RowOutcome, StoredRow, rotate_keys, rotate_row
 from storedsession.schema import migration_source
 
 from .support import FakeClock, fetch_rows
+from .vectors import generate
 
 BIN = Path(sys.executable).parent
 #: A server that refuses connections, with a percent-encoded password ("s3cr@t").
@@ -92,6 +93,27 @@ def add(store: SessionStore, count: int, user_id: str | None = None) -> list[Ses
 
 def handles(store: SessionStore) -> set[str]:
     return {row[0] for row in fetch_rows(store)}
+
+
+def key_id(key: str) -> str:
+    return parse_keys(key)[0].key_id.hex()
+
+
+def raw(store: SessionStore, statement: str, *params: Any) -> None:
+    """Run one statement on the session table (``{t}`` is its name, ``?`` a parameter)."""
+    database = store.database
+    table = database.quote[0] + store.table_name + database.quote[1]
+    with store.connected():
+        database.execute_sql(statement.replace("{t}", table).replace("?", database.param), params)
+
+
+def to_format_1(store: SessionStore, key: str, session: Session) -> None:
+    """Rewrite a stored session's payload in format 1, as an older release left it."""
+    plaintext = b'{"n":%d}' % session["n"]
+    payload = generate.seal_v1(
+        key, os.urandom(16), os.urandom(12), store.table_name, session.handle or "", plaintext
+    )
+    raw(store, "UPDATE {t} SET payload = ? WHERE sid = ?", payload, session.handle)
 
 
 @pytest.fixture
@@ -273,14 +295,15 @@ def _check_rotated(setup: dict[str, Any], make_store: Callable[..., SessionStore
 def test_rotate_keys_from_the_environment(db, rotation_setup, make_store) -> None:
     env = {"STOREDSESSION_KEYS": f"{rotation_setup['new_key']},{rotation_setup['old_key']}"}
     result = invoke("rotate-keys", "--batch-size", "2", *db, env=env)
+    new_id = key_id(rotation_setup["new_key"])
     assert_ok(
         result,
-        "Re-encrypted 3 sessions under the first key; 1 were under it "
+        f"Re-encrypted 3 sessions under the first key (id {new_id}); 1 were under it "
         "already; 1 could not be read with any key and were left untouched.\n",
     )
     _check_rotated(rotation_setup, make_store)
     again = invoke("rotate-keys", *db, env=env)
-    assert again.stdout.startswith("Re-encrypted 0 sessions under the first key; 4 were")
+    assert again.stdout.startswith(f"Re-encrypted 0 sessions under the first key (id {new_id}); 4")
 
 
 def test_rotate_keys_console_script_with_a_keys_file(
@@ -300,7 +323,8 @@ def test_rotate_keys_console_script_with_a_keys_file(
         env={"STOREDSESSION_KEYS": generate_key()},
     )
     assert done.returncode == 0 and done.stderr == ""
-    assert done.stdout.startswith("Re-encrypted 3 sessions under the first key; 1 were")
+    assert done.stdout.startswith("Re-encrypted 3 sessions under the first key (id ")
+    assert "; 1 were under it already;" in done.stdout
     _check_rotated(rotation_setup, make_store)
 
 
@@ -310,16 +334,16 @@ def test_rotation_never_overwrites_a_live_save(make_store, keys) -> None:
     after = make_store(clock=None, keys=[new_key, keys[0]])  # after; the rotation's keys
     only_new = make_store(clock=None, keys=[new_key])
 
-    def stale(session: Session) -> tuple[str, bytes, int]:
+    def stale(session: Session) -> StoredRow:
         [row] = [row for row in fetch_rows(before) if row[0] == session.handle]
-        return row[0], bytes(row[1]), row[-1]
+        return StoredRow(row[0], bytes(row[1]), row[2], row[3], row[6], row[7])
 
     # Saved under the old key after the rotation read it: the row is re-read and rotated.
     [first] = add(before, 1)
     read = stale(first)
     first["n"] = "saved meanwhile"
     before.save(first)
-    assert rotate_row(after, *read) is RowOutcome.ROTATED
+    assert rotate_row(after, read) is RowOutcome.ROTATED
     assert dict(only_new.load(first.id)) == {"n": "saved meanwhile"}
 
     # Saved under the new key after the rotation read it: that save stands.
@@ -328,13 +352,13 @@ def test_rotation_never_overwrites_a_live_save(make_store, keys) -> None:
     loaded = after.load(second.id)
     loaded["n"] = "saved under the new key"
     after.save(loaded)
-    assert rotate_row(after, *read) is RowOutcome.CURRENT
+    assert rotate_row(after, read) is RowOutcome.CURRENT
     assert dict(only_new.load(second.id)) == {"n": "saved under the new key"}
 
     # Loaded before the rotation: the version did not move, so its save goes through.
     [third] = add(before, 1)
     loaded = after.load(third.id)
-    assert rotate_row(after, *stale(third)) is RowOutcome.ROTATED
+    assert rotate_row(after, stale(third)) is RowOutcome.ROTATED
     loaded["m"] = 1
     after.save(loaded)
     assert dict(only_new.load(third.id)) == {"n": 0, "m": 1}
@@ -343,8 +367,56 @@ def test_rotation_never_overwrites_a_live_save(make_store, keys) -> None:
     [fourth] = add(before, 1)
     read = stale(fourth)
     before.delete(fourth)
-    assert rotate_row(after, *read) is RowOutcome.GONE
+    assert rotate_row(after, read) is RowOutcome.GONE
     assert handles(before) == {first.handle, second.handle, third.handle}
+
+
+def test_rotation_skips_and_counts_a_row_whose_stored_id_is_not_ascii(db, make_store, keys) -> None:
+    new_key = generate_key()
+    store = make_store(clock=None)
+    [session] = add(store, 1, user_id="7")
+    [row] = fetch_rows(store)
+    odd = ("é" * 63) + "z"  # written by hand: the store only writes hex ids
+    raw(
+        store,
+        "INSERT INTO {t} (sid, payload, user_id, created_at, last_seen_at, expires_at, "
+        "idle_timeout, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        odd,
+        *row[1:],
+    )
+    env = {"STOREDSESSION_KEYS": f"{new_key},{keys[0]}"}
+    result = invoke("rotate-keys", "--batch-size", "1", *db, env=env)
+    assert_ok(
+        result,
+        f"Re-encrypted 1 sessions under the first key (id {key_id(new_key)}); 0 were under "
+        "it already; 0 could not be read with any key and were left untouched. 1 had a "
+        "stored id that is not ASCII and were skipped.\n",
+    )
+    report = rotate_keys(make_store(clock=None, keys=[new_key, keys[0]]))
+    assert (report.rotated, report.current, report.malformed) == (0, 1, 1)
+    assert make_store(clock=None, keys=[new_key]).load(session.id).user_id == "7"
+
+
+def test_rotation_moves_format_1_rows_under_the_first_key_to_format_2(db, make_store, keys) -> None:
+    store = make_store(clock=None)
+    legacy = add(store, 2, user_id="7")
+    current = add(store, 1)
+    for session in legacy:
+        to_format_1(store, keys[0], session)
+    env = {"STOREDSESSION_KEYS": keys[0]}
+    before = _figures(invoke("stats", *db).stdout)
+    assert before[f"Format 1, key {key_id(keys[0])}"] == "2"
+    assert before[f"Format 2, key {key_id(keys[0])}"] == "1"
+    result = invoke("rotate-keys", *db, env=env)
+    assert result.stdout.startswith(
+        f"Re-encrypted 2 sessions under the first key (id {key_id(keys[0])}); 1 were"
+    )
+    after = _figures(invoke("stats", *db).stdout)
+    assert after[f"Format 2, key {key_id(keys[0])}"] == "3"
+    assert not [label for label in after if label.startswith("Format 1")]
+    strict = make_store(clock=None, legacy_envelopes=False)
+    for session in legacy + current:
+        assert dict(strict.load(session.id)) == {"n": session["n"]}
 
 
 # -- stats ----------------------------------------------------------------------------
@@ -378,6 +450,34 @@ def test_stats_figures(db, past, live, make_store) -> None:
 def test_stats_of_an_empty_table(db, live) -> None:
     figures = _figures(invoke("stats", *db).stdout)
     assert figures["Total"] == "0" and figures["Oldest live, created"] == "-"
+    assert not [label for label in figures if label.startswith(("Format", "Not an"))]
+
+
+def test_stats_counts_rows_per_envelope_format_and_key_id(db, past, live, make_store, keys) -> None:
+    """Keyless: read from the payloads' first bytes; expired rows count too."""
+    other_key = generate_key()
+    add(past, 1)  # expired, format 2
+    add(live, 2)
+    legacy = add(live, 3)
+    for session in legacy:
+        to_format_1(live, keys[0], session)
+    add(make_store(clock=None, keys=[other_key]), 4)
+    [odd] = add(live, 1)
+    raw(live, "UPDATE {t} SET payload = ? WHERE sid = ?", b"\x07garbage", odd.handle)
+    [empty] = add(live, 1)
+    raw(live, "UPDATE {t} SET payload = ? WHERE sid = ?", b"", empty.handle)
+    result = invoke("stats", *db)
+    assert_ok(result)
+    lines = result.stdout.splitlines()
+    [size_at] = [i for i, line in enumerate(lines) if line.startswith("Size:")]
+    envelope_lines = lines[size_at + 1 :]
+    assert envelope_lines == [
+        f"Format 2, key {key_id(other_key)}: 4",
+        f"Format 2, key {key_id(keys[0])}: 3",
+        f"Format 1, key {key_id(keys[0])}: 3",
+        "Not an envelope:        2",
+    ]
+    assert _figures(result.stdout)["Total"] == "12"
 
 
 # -- install-migration ----------------------------------------------------------------
