@@ -1,9 +1,11 @@
 """One contract, every database: fixtures that run tests on SQLite, PostgreSQL and MariaDB.
 
 Server URLs come from ``STOREDSESSION_TEST_POSTGRES`` and ``STOREDSESSION_TEST_MYSQL``
-(defaults: the local servers). An unreachable server skips its tests, unless
-``STOREDSESSION_REQUIRE_ALL_BACKENDS=1`` is set (CI), which makes them fail.
-Every test gets a table of its own, dropped afterwards, so runs can overlap.
+(defaults: the local servers). The backend ``pgbouncer`` is that PostgreSQL again behind a
+PgBouncer in transaction-pooling mode that the run starts for itself (tests/pgbouncer.py).
+An unreachable server skips its tests, unless ``STOREDSESSION_REQUIRE_ALL_BACKENDS=1`` is
+set (CI), which makes them fail. Every test gets a table of its own, dropped afterwards,
+so runs can overlap.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from playhouse import db_url
 
 from storedsession import SessionStore, generate_key
 
+from .pgbouncer import PgBouncer
 from .support import FakeClock, QueryCounter
 
 SERVER_URLS = {
@@ -26,15 +29,22 @@ SERVER_URLS = {
     ),
     "mysql": os.environ.get("STOREDSESSION_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test"),
 }
-BACKENDS = ("sqlite", "postgres", "mysql")
+BACKENDS = ("sqlite", "postgres", "mysql", "pgbouncer")
 REQUIRE_ALL = os.environ.get("STOREDSESSION_REQUIRE_ALL_BACKENDS") == "1"
 _reachable: dict[str, str | None] = {}
+_bouncer = PgBouncer(SERVER_URLS["postgres"])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _bouncer.stop()
 
 
 def _probe(backend: str) -> str | None:
     """Return why ``backend`` cannot be used, or None when it answers."""
     if backend not in _reachable:
         try:
+            if backend == "pgbouncer":
+                SERVER_URLS["pgbouncer"] = _bouncer.start()
             database = db_url.connect(SERVER_URLS[backend])
             database.connect()
             database.execute_sql("SELECT 1")

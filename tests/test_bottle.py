@@ -611,6 +611,7 @@ def test_an_unreachable_database_answers_503(app, call, backend, keys) -> None:
     url = {
         "sqlite": "sqlite:////nonexistent-dir/sessions.db",
         "postgres": "postgresql://postgres@127.0.0.1:9/test",
+        "pgbouncer": "postgresql://postgres@127.0.0.1:9/test",
         "mysql": "mysql://root@127.0.0.1:9/test",
     }[backend]
     install(app, SessionStore(url, keys=keys))

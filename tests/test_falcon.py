@@ -528,6 +528,7 @@ def test_an_unreachable_database_answers_503(asgi, backend, keys) -> None:
     url = {
         "sqlite": "sqlite:////nonexistent-dir/sessions.db",
         "postgres": "postgresql://postgres@127.0.0.1:9/test",
+        "pgbouncer": "postgresql://postgres@127.0.0.1:9/test",
         "mysql": "mysql://root@127.0.0.1:9/test",
     }[backend]
     client = Client(asgi, SessionStore(url, keys=keys))

@@ -30,6 +30,8 @@ def connection_id(store: SessionStore, backend: str) -> Any:
     with store.connected():
         if backend == "sqlite":
             return id(store.database.connection())
+        if backend == "pgbouncer":  # the server's pid changes per transaction there
+            return store.database.connection().info.backend_pid  # PgBouncer's own, per client
         return store.database.execute_sql(PID_SQL[backend]).fetchone()[0]
 
 
