@@ -11,7 +11,7 @@ import peewee
 from . import ids, signals
 from .aio import offload
 from .database import is_sqlite
-from .session import Session
+from .session import Session, storable_text
 
 if TYPE_CHECKING:
     from .database import Connector
@@ -65,6 +65,8 @@ class UserSessions:
 
     def sessions_for(self, user_id: str | int) -> list[SessionInfo]:
         """List the user's live sessions, most recently seen first."""
+        if not storable_text(str(user_id)):
+            return []  # no session can have it (and the driver would fail on it)
         model, now = self.model, self.now()
         query = (
             model.select(
@@ -95,6 +97,8 @@ class UserSessions:
         session was deleted.
         """
         if not ids.is_handle(handle):
+            return False
+        if user_id is not None and not storable_text(str(user_id)):
             return False
         model = self.model
         query = model.delete().where(model.sid == handle)
@@ -128,6 +132,8 @@ class UserSessions:
         A move that comes after the lock waits for it, then matches no row (the old
         ``sid`` is gone) and its save raises ``SessionInterrupted``.
         """
+        if not storable_text(str(user_id)):
+            return 0
         model = self.model
         condition = model.user_id == str(user_id)
         if keep is not None and keep.handle is not None:
