@@ -33,8 +33,7 @@ def make_app(store: SessionStore) -> bottle.Bottle:
 
     @app.get("/")
     def home(session: Session) -> str:
-        session["visits"] = session.get("visits", 0) + 1
-        return _page(common.home_page(NAME, session, session.pop("flash", None)))
+        return _page(common.home_page(NAME, session, bottle.request.query.get("notice")))
 
     @app.post("/signin")
     def sign_in(session: Session) -> None:
@@ -62,7 +61,8 @@ def make_app(store: SessionStore) -> bottle.Bottle:
     @app.get("/sessions")
     def sessions(session: Session) -> str:
         listed = store.sessions_for(common.signed_in_user(session, _back))
-        return _page(common.sessions_page(NAME, session, listed, session.pop("flash", None)))
+        notice = bottle.request.query.get("notice")
+        return _page(common.sessions_page(NAME, session, listed, notice))
 
     @app.post("/sessions/revoke")
     def revoke(session: Session) -> None:
@@ -96,17 +96,24 @@ def _page(page: str) -> str:
 
 
 def _form(session: Session) -> Any:
-    """Return the POSTed form if it carries the session's CSRF token, or answer 403."""
-    form = bottle.request.forms
-    if not common.csrf_valid(session, form.getunicode("csrf")):
+    """Return the POSTed form if a page of this demo sent it (see common), or answer 403."""
+    request = bottle.request
+    came_from_here = common.same_origin(
+        request.environ["wsgi.url_scheme"],  # not urlparts: it believes X-Forwarded-Proto
+        request.get_header("Host"),
+        request.get_header("Sec-Fetch-Site"),
+        request.get_header("Origin"),
+    )
+    form = request.forms
+    if not common.form_allowed(session, form.getunicode("csrf"), came_from_here):
         bottle.abort(403, common.CSRF_FAILED)
     return form
 
 
 def _back(session: Session, message: str, to: str = "/") -> NoReturn:
     """Redirect (303) to ``to``, which shows ``message`` once."""
-    session["flash"] = message
-    raise bottle.HTTPResponse(status=303, Location=to)  # the plugin saves the session
+    location = common.leave_message(session, message, to)
+    raise bottle.HTTPResponse(status=303, Location=location)  # the plugin saves the session
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):

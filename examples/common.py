@@ -1,4 +1,4 @@
-"""What both demos share: options, the store and its key, the CSRF token, headers and HTML.
+"""What both demos share: options, the store and its key, the CSRF checks, headers and HTML.
 
 The two apps differ only in how their framework routes a request and reads a form;
 everything the browser sees is built here, so they look and behave the same.
@@ -67,7 +67,7 @@ def remove_from_cart(session: Session, item: str | None, back: Back) -> NoReturn
     """Take an item out of the session's cart."""
     cart = session.get("cart", [])
     if item not in cart:
-        back(session, "That item was not in the cart.")
+        back(session, NOT_IN_CART)
     cart.remove(item)
     back(session, f"Removed {item} from the cart.")
 
@@ -84,10 +84,44 @@ def sign_out(session: Session, back: Back) -> NoReturn:
 
 REVOKED = "That session is signed out."
 GONE = "That session had ended already."
+NOT_IN_CART = "That item was not in the cart."
 CSRF_FAILED = (
     "This form was not sent by a page of this site, or it has expired, so "
     "nothing was done. Go back, reload the page and try again."
 )
+
+#: The messages a visitor without a session can be sent back with. They travel in the
+#: redirect's query (``/?notice=signed-out``), since keeping one in a session would create
+#: a session just to say something; fixed texts only, so a link cannot make a page say
+#: anything else.
+NOTICES = {
+    "signed-out": SIGNED_OUT,
+    "sign-in-first": SIGN_IN_FIRST,
+    "bad-name": BAD_NAME,
+    "bad-item": BAD_ITEM,
+    "not-in-cart": NOT_IN_CART,
+}
+_NOTICE_CODES = {text: code for code, text in NOTICES.items()}
+
+
+def leave_message(session: Session, message: str, to: str) -> str:
+    """Keep ``message`` for the next page; return the address to send the browser to.
+
+    A visitor without a stored session, and with nothing to store, stays without one:
+    the message goes in the address instead.
+    """
+    if session.new and not session and message in _NOTICE_CODES:
+        return f"{to}?notice={_NOTICE_CODES[message]}"
+    session["flash"] = message
+    return to
+
+
+def _take_message(session: Session, notice: str | None) -> str | None:
+    """Return the message to show once: the session's own, or a notice from the address."""
+    flash = session.pop("flash", None)  # on a new session: no change, nothing to store
+    if isinstance(flash, str):
+        return flash
+    return NOTICES.get(notice) if notice is not None else None
 
 
 def fail(message: str) -> NoReturn:
@@ -192,8 +226,42 @@ def announce(framework: str, port: int) -> None:
 
 
 # -- forms -----------------------------------------------------------------------------
-def csrf_token(session: Session) -> str:
-    """Return the session's CSRF token, making one if it has none."""
+# How the forms resist cross-site request forgery, without a session for every visitor.
+#
+# A visitor without a session can still send two forms (sign in, add to cart), and a
+# token tied to a session cannot protect them: there is no session to hold it, and making
+# one for every visitor who merely looks is what this demo refuses to do. A token in a
+# cookie of its own (double submit) does not hold either: cookies are not separated by
+# port, so any page served on this host (another port, as in tests/test_browser.py) or on
+# a sibling subdomain can write that cookie and then send the matching token. And
+# SameSite=Lax only keeps the browser from *sending* the session cookie along; it does
+# not stop a forged sign-in from *setting* one (login CSRF).
+#
+# What a page cannot forge is what the browser says about where a request came from. So
+# every POST must come from a page of this very origin: Sec-Fetch-Site: same-origin (sent
+# by every current browser), or, from a browser without it, an Origin header naming this
+# host. A POST that says nothing of where it came from is refused too. This is the check of
+# Go's net/http CrossOriginProtection, stricter about the headers' absence. Once the
+# visitor has a session, its pages also carry the session's own token (the synchronizer
+# token pattern), checked on top: a defence that does not rely on the headers alone.
+def same_origin(scheme: str, host: str | None, fetch_site: str | None, origin: str | None) -> bool:
+    """Tell whether the browser says this request came from a page of this origin.
+
+    ``scheme`` is the one the request came in with (not a forwarded header), ``host`` the
+    ``Host`` header, ``fetch_site`` and ``origin`` the ``Sec-Fetch-Site`` and ``Origin``
+    headers, or None when absent.
+    """
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")  # "none": the user's own doing
+    if origin is not None and host:
+        return origin == f"{scheme}://{host}"
+    return False
+
+
+def csrf_token(session: Session) -> str | None:
+    """Return the session's CSRF token, making one if it has none; None without a session."""
+    if session.new:
+        return None  # forms without a session rest on same_origin() alone
     token = session.get("csrf")
     if not isinstance(token, str):
         token = session["csrf"] = secrets.token_urlsafe(32)
@@ -205,8 +273,12 @@ def renew_csrf_token(session: Session) -> None:
     session["csrf"] = secrets.token_urlsafe(32)
 
 
-def csrf_valid(session: Session, submitted: object) -> bool:
-    """Tell whether a form's token is the session's own."""
+def form_allowed(session: Session, submitted: object, came_from_here: bool) -> bool:
+    """Tell whether a POSTed form may act: sent from here, with the session's token if any."""
+    if not came_from_here:
+        return False
+    if session.new:
+        return True
     expected = session.get("csrf")
     return (
         isinstance(expected, str)
@@ -254,14 +326,18 @@ HEADERS = (
 e = html.escape  # every value from a user goes through it
 
 
-def _button(action: str, label: str, csrf: str, **fields: str) -> str:
-    hidden = "".join(
-        f'<input type="hidden" name="{e(k)}" value="{e(v)}">' for k, v in fields.items()
+def _hidden(**fields: str | None) -> str:
+    return "".join(
+        f'<input type="hidden" name="{e(k)}" value="{e(v)}">'
+        for k, v in fields.items()
+        if v is not None
     )
+
+
+def _button(action: str, label: str, csrf: str | None, **fields: str) -> str:
     return (
         f'<form class="inline" method="post" action="{e(action)}">'
-        f'<input type="hidden" name="csrf" value="{e(csrf)}">{hidden}'
-        f"<button>{e(label)}</button></form>"
+        f"{_hidden(csrf=csrf, **fields)}<button>{e(label)}</button></form>"
     )
 
 
@@ -287,10 +363,24 @@ def _layout(
     )
 
 
-def home_page(framework: str, session: Session, flash: str | None) -> str:
-    """The home page: the visit counter, the cart, and sign-in for strangers."""
+def home_page(framework: str, session: Session, notice: str | None) -> str:
+    """The home page: the visit counter, the cart, and sign-in for strangers.
+
+    Counts a visit only in a session that exists: looking stores nothing.
+    """
+    flash = _take_message(session, notice)
     csrf = csrf_token(session)
-    visits = session.get("visits", 0)
+    if session.new:
+        counter = (
+            '<p id="no-session">No session yet: nothing about you is stored until you use '
+            "a form (add to the cart, or sign in). Then this page counts your visits.</p>"
+        )
+    else:
+        session["visits"] = visits = session.get("visits", 0) + 1
+        counter = (
+            f'<p>Visits to this page in this session: <strong id="visits">{visits}</strong>. '
+            "Reload to count up.</p>"
+        )
     cart = session.get("cart", [])
     items = "".join(
         f"<li><span>{e(str(item))}</span> "
@@ -298,17 +388,14 @@ def home_page(framework: str, session: Session, flash: str | None) -> str:
         for item in cart
     )
     body = (
-        f'<p>Visits to this page in this session: <strong id="visits">{visits}</strong>. '
-        "Reload to count up.</p>"
-        f'<h2>Cart</h2><ul id="cart">{items or "<li>(empty)</li>"}</ul>'
-        f'<form method="post" action="/cart/add"><input type="hidden" name="csrf" '
-        f'value="{e(csrf)}"><label>Item <input name="item" maxlength="{MAX_TEXT}" '
+        f'{counter}<h2>Cart</h2><ul id="cart">{items or "<li>(empty)</li>"}</ul>'
+        f'<form method="post" action="/cart/add">{_hidden(csrf=csrf)}'
+        f'<label>Item <input name="item" maxlength="{MAX_TEXT}" '
         "required></label> <button>Add to cart</button></form>"
     )
     if session.user_id is None:
         body += (
-            f'<h2>Sign in</h2><form method="post" action="/signin">'
-            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            f'<h2>Sign in</h2><form method="post" action="/signin">{_hidden(csrf=csrf)}'
             f'<label>Name <input name="username" maxlength="{MAX_TEXT}" required '
             'autocomplete="username"></label> <button>Sign in</button></form>'
             '<p class="note">This is a demo: any name signs you in, and there is no '
@@ -327,9 +414,10 @@ def _when(moment: datetime | None) -> str:
 
 
 def sessions_page(
-    framework: str, session: Session, sessions: list[SessionInfo], flash: str | None
+    framework: str, session: Session, sessions: list[SessionInfo], notice: str | None
 ) -> str:
     """The signed-in user's sessions, this device marked, each one revocable."""
+    flash = _take_message(session, notice)
     csrf = csrf_token(session)
     rows = []
     for info in sessions:

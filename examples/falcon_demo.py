@@ -29,9 +29,7 @@ Response = falcon.asgi.Response
 
 class Home:
     async def on_get(self, req: Request, resp: Response) -> None:
-        session = req.context.session
-        session["visits"] = session.get("visits", 0) + 1
-        _page(resp, common.home_page(NAME, session, session.pop("flash", None)))
+        _page(resp, common.home_page(NAME, req.context.session, req.get_param("notice")))
 
 
 class Account:
@@ -67,7 +65,7 @@ class Sessions:
     async def on_get(self, req: Request, resp: Response) -> None:
         session = req.context.session
         listed = await self.store.asessions_for(common.signed_in_user(session, _back))
-        _page(resp, common.sessions_page(NAME, session, listed, session.pop("flash", None)))
+        _page(resp, common.sessions_page(NAME, session, listed, req.get_param("notice")))
 
     async def on_post_revoke(self, req: Request, resp: Response) -> None:
         session = req.context.session
@@ -103,17 +101,24 @@ def _error_page(req: Any, resp: Any, error: falcon.HTTPError) -> None:
 
 
 async def _form(req: Request) -> dict[str, Any]:
-    """Return the POSTed form if it carries the session's CSRF token, or answer 403."""
+    """Return the POSTed form if a page of this demo sent it (see common), or answer 403."""
+    came_from_here = common.same_origin(
+        req.scheme,  # the ASGI scheme, not a forwarded header
+        req.get_header("Host"),
+        req.get_header("Sec-Fetch-Site"),
+        req.get_header("Origin"),
+    )
     form = await req.get_media(default_when_empty={})
-    if not isinstance(form, dict) or not common.csrf_valid(req.context.session, form.get("csrf")):
+    if not isinstance(form, dict) or not common.form_allowed(
+        req.context.session, form.get("csrf"), came_from_here
+    ):
         raise falcon.HTTPForbidden(description=common.CSRF_FAILED)
     return form
 
 
 def _back(session: Session, message: str, to: str = "/") -> NoReturn:
     """Redirect (303) to ``to``, which shows ``message`` once."""
-    session["flash"] = message
-    raise falcon.HTTPSeeOther(to)  # the middleware saves the session
+    raise falcon.HTTPSeeOther(common.leave_message(session, message, to))  # then saved
 
 
 def make_app(store: SessionStore) -> falcon.asgi.App:

@@ -32,6 +32,21 @@ def seconds(value: float | timedelta | None, name: str) -> float | None:
 _CONTAINERS = (dict, list)
 
 
+def storable_text(text: str) -> bool:
+    """Tell whether every backend can store ``text``: no NUL, no lone surrogate.
+
+    PostgreSQL refuses a NUL in text; a lone surrogate (``"\\ud800"``, which JSON and
+    ``surrogateescape`` decoding can produce) has no UTF-8 form, so no driver can send it.
+    """
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Session(MutableMapping[str, Any]):
     """One user's session data, as loaded by :meth:`SessionStore.load`.
 
@@ -193,6 +208,13 @@ class Session(MutableMapping[str, Any]):
             value = str(value)
             if not value or len(value) > 255:
                 raise ValueError("user_id must be 1 to 255 characters long.")
+            # Refused here, before any SQL, the same on every backend: the database
+            # would fail at save (PostgreSQL, or every driver for a surrogate).
+            if not storable_text(value):
+                raise ValueError(
+                    "user_id cannot hold a NUL character or a lone surrogate: "
+                    "no database can store it."
+                )
         self._user_id = value
 
     @property

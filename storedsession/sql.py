@@ -26,9 +26,9 @@ class Statements:
     insert_ignores_conflict: bool
     update: str
     update_data: str
+    regenerate: str
     touch: str
     delete: str
-    delete_version: str
     expire_batch: str
     count_expired: str
 
@@ -73,9 +73,18 @@ class Statements:
                 f"UPDATE {t} SET payload = {p}, last_seen_at = {p}, expires_at = {p}, "
                 f"version = version + 1 WHERE sid = {p} AND version = {p}"
             ),
+            # A new id is the same row under a new key, not a new row: see
+            # SessionWrites._regenerate_once. The guard turns a taken id into 0 rows
+            # (a failed UPDATE would abort a PostgreSQL transaction); MySQL cannot read
+            # the table it updates (error 1093), and raises a duplicate key instead.
+            regenerate=(
+                f"UPDATE {t} SET sid = {p}, payload = {p}, user_id = {p}, last_seen_at = {p}, "
+                f"expires_at = {p}, idle_timeout = {p}, version = 1 "
+                f"WHERE sid = {p} AND version = {p}"
+                + ("" if mysql else f" AND NOT EXISTS (SELECT 1 FROM {t} WHERE sid = {p})")
+            ),
             touch=f"UPDATE {t} SET last_seen_at = {p}, expires_at = {p} WHERE sid = {p}",
             delete=f"DELETE FROM {t} WHERE sid = {p}",
-            delete_version=f"DELETE FROM {t} WHERE sid = {p} AND version = {p}",
             expire_batch=expire,
             count_expired=f"SELECT COUNT(*) FROM {t} WHERE expires_at <= {p}",
         )

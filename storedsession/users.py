@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import peewee
+
 from . import ids, signals
 from .aio import offload
-from .session import Session
+from .database import is_sqlite
+from .session import Session, storable_text
 
 if TYPE_CHECKING:
     from .database import Connector
+    from .sql import Statements
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,22 @@ class SessionInfo:
     expires_at: datetime | None
 
 
+#: How often ``revoke_user`` starts again after the server rolled it back.
+MAX_DEADLOCK_RETRIES = 4
+#: Driver error codes that roll back a whole transaction, which may simply run again:
+#: MySQL/MariaDB's deadlock, PostgreSQL's deadlock and serialization failure (the latter
+#: under REPEATABLE READ or SERIALIZABLE, where a row moved meanwhile cannot be followed).
+_RETRYABLE = {1213, "40P01", "40001"}
+
+
+def _retryable(exc: peewee.OperationalError) -> bool:
+    cause = getattr(exc, "orig", None)  # peewee keeps the driver's own error
+    code = getattr(cause, "pgcode", None)  # psycopg
+    if code is None and cause is not None and cause.args:
+        code = cause.args[0]  # PyMySQL: (errno, message)
+    return code in _RETRYABLE
+
+
 def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
@@ -34,18 +53,22 @@ class UserSessions:
 
     if TYPE_CHECKING:
         model: Any
+        database: peewee.Database
         _connection: Connector
+        _sql: Statements
 
         def now(self) -> int: ...
         def _alive(
             self, created: int, last_seen: int, expires: int | None, idle: int | None, now: int
         ) -> bool: ...
         def _transaction(self) -> Any: ...
-        def _delete_handles(self, handles: Sequence[str]) -> int: ...
 
     def sessions_for(self, user_id: str | int) -> list[SessionInfo]:
         """List the user's live sessions, most recently seen first."""
-        model, now, wanted = self.model, self.now(), str(user_id)
+        wanted = str(user_id)
+        if not storable_text(wanted):
+            return []  # no session can have it (and the driver would fail on it)
+        model, now = self.model, self.now()
         query = (
             model.select(
                 model.sid,
@@ -78,6 +101,8 @@ class UserSessions:
         """
         if not ids.is_handle(handle):
             return False
+        if user_id is not None and not storable_text(str(user_id)):
+            return False
         model = self.model
         query = model.delete().where(model.sid == handle)
         if user_id is not None:
@@ -91,15 +116,54 @@ class UserSessions:
         return bool(deleted)
 
     def revoke_user(self, user_id: str | int, keep: Session | None = None) -> int:
-        """Delete all of the user's sessions but ``keep`` ("sign out everywhere else")."""
-        model, wanted = self.model, str(user_id)
+        """Delete all of the user's sessions but ``keep`` ("sign out everywhere else").
+
+        No session of the user survives, even one that a concurrent ``regenerate()`` is
+        moving to a new id (one versioned ``UPDATE`` of the row's ``sid``), because the
+        user's rows are read with a lock before they are deleted:
+
+        - PostgreSQL, READ COMMITTED: ``SELECT ... FOR UPDATE`` that meets a row being
+          updated waits, then re-checks the WHERE on the row's updated version and locks
+          that (EvalPlanQual): the moved row, under its new ``sid``. (Had the move been an
+          INSERT plus a DELETE, the wait would end on a deleted row, and the inserted one,
+          absent from the statement's snapshot, would survive.)
+        - MariaDB/MySQL, REPEATABLE READ: a locking read ignores the transaction's
+          snapshot; it waits for the move's locks, then reads the latest committed rows.
+          It takes the user_id index before the row, the move the row before the index,
+          so the two can deadlock; the server then rolls one back, and this one retries.
+        - SQLite: one writer at a time; this transaction (``BEGIN IMMEDIATE``) runs
+          wholly before or after the move's statement.
+
+        A move that comes after the lock waits for it, then matches no row (the old
+        ``sid`` is gone) and its save raises ``SessionInterrupted``.
+        """
+        wanted = str(user_id)
+        if not storable_text(wanted):
+            return 0
+        model = self.model
         condition = model.user_id == wanted
         if keep is not None and keep.handle is not None:
             condition &= model.sid != keep.handle
-        with self._connection(), self._transaction():
-            rows = model.select(model.sid, model.user_id).where(condition).tuples()
-            handles = [h for h, owner in rows if owner == wanted]  # exact, as in sessions_for
-            return self._delete_handles(handles)
+        locking = not is_sqlite(self.database)
+        with self._connection():
+            for tries in range(MAX_DEADLOCK_RETRIES + 1):
+                query = model.select(model.sid, model.user_id).where(condition).tuples()
+                try:
+                    with self._transaction():
+                        rows = query.for_update() if locking else query  # not reusable
+                        # Exact, as in sessions_for: a table not yet upgraded matches loosely.
+                        handles = [h for h, owner in rows if owner == wanted]
+                        # Locked: each of these deletes its row (SQLite: no one else writes).
+                        for handle in handles:
+                            self.database.execute_sql(self._sql.delete, (handle,))
+                    break
+                except peewee.OperationalError as exc:
+                    if tries == MAX_DEADLOCK_RETRIES or not _retryable(exc):
+                        raise
+        if signals.session_delete.receivers:  # once committed: a rollback sends none
+            for handle in handles:
+                signals.session_delete.send(self, sid=handle)
+        return len(handles)
 
     def _owned_by(self, handle: str, user_id: str) -> bool:
         # The DELETE's own filter is exact only once a MySQL table has been upgraded.

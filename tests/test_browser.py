@@ -211,11 +211,37 @@ def session_cookie(page: Page) -> dict[str, Any]:
     return dict(cookies[0])
 
 
+def no_session_cookie(page: Page) -> bool:
+    return not [c for c in page.context.cookies() if c["name"] == "session"]
+
+
+def stored_rows(demo: Demo) -> int:
+    with demo.store.connected():
+        return demo.store.model.select().count()
+
+
 def visits(page: Page) -> int:
     return int(page.locator("#visits").inner_text())
 
 
 # -- the tests ---------------------------------------------------------------------------
+def test_browsing_anonymously_stores_nothing(demo: Demo, new_page: Callable[[], Page]) -> None:
+    before = stored_rows(demo)  # the demo's database is shared by this module's tests
+    page = new_page()
+    page.goto(demo.url)
+    expect(page.locator("#no-session")).to_be_visible()
+    for _ in range(3):
+        page.reload()
+    page.get_by_role("link", name="Your sessions").click()  # sends you back to sign in
+    expect(page.locator("#flash")).to_have_text("Sign in to see your sessions.")
+    page.goto(demo.url + "nowhere")
+    page.go_back()
+    expect_signed_out(page)
+    expect(page.locator("#visits")).to_have_count(0)  # a counter needs a session
+    assert no_session_cookie(page)
+    assert stored_rows(demo) == before
+
+
 def test_sign_in_count_and_sign_out(demo: Demo, new_page: Callable[[], Page]) -> None:
     page = new_page()
     page.goto(demo.url)
@@ -248,7 +274,7 @@ def test_sign_in_count_and_sign_out(demo: Demo, new_page: Callable[[], Page]) ->
     expect(page.locator("#flash")).to_have_text("You are signed out.")
     expect_signed_out(page)
     assert demo.store.load(cookie["value"]).new
-    assert session_cookie(page)["value"] != cookie["value"]
+    assert no_session_cookie(page)  # deleted, and no new session just to say "signed out"
     page.go_back()
     expect_signed_out(page)
     expect(page.locator("#sessions")).to_have_count(0)
@@ -341,3 +367,29 @@ def test_another_page_cannot_sign_you_out(demo: Demo, new_page: Callable[[], Pag
     assert response is not None and response.status == 405
     page.goto(demo.url)
     expect(page.locator("#user")).to_have_text("carol")
+
+
+def test_another_page_cannot_sign_a_stranger_in(demo: Demo, new_page: Callable[[], Page]) -> None:
+    """Login CSRF: a visitor without a session has no token to check, so only where the form
+    came from (Sec-Fetch-Site, Origin) can stop another page from signing them in as
+    someone else; a same-site page on another port of this host included."""
+    before = stored_rows(demo)
+    page = new_page()
+    hostile = "http://127.0.0.1:65002/"
+    page.route(
+        hostile,
+        lambda route: route.fulfill(
+            content_type="text/html",
+            body=(
+                f'<form method="post" action="{demo.url}signin">'
+                '<input type="hidden" name="username" value="mallory"></form>'
+                "<script>document.forms[0].submit()</script>"
+            ),
+        ),
+    )
+    page.goto(hostile)
+    expect(page.locator("#error")).to_contain_text("nothing was done")
+    assert no_session_cookie(page)
+    assert stored_rows(demo) == before
+    page.goto(demo.url)
+    expect_signed_out(page)

@@ -102,6 +102,30 @@ def test_regenerate_merges_a_concurrent_change(store: SessionStore) -> None:
     assert len(fetch_rows(store)) == 1
 
 
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["alone", "in_app_transaction"])
+def test_regenerate_redraws_a_taken_id_never_writes_over_it(
+    store: SessionStore, monkeypatch, in_transaction
+) -> None:
+    from storedsession import ids
+
+    taken = stored(store, owner="first")
+    moving = store.load(stored(store, owner="second"))
+    draws = iter([taken, ids.new_public_id()])
+    monkeypatch.setattr(ids, "new_public_id", lambda: next(draws))
+    moving.regenerate()
+    if in_transaction:
+        # The taken id must not abort the application's transaction (PostgreSQL would).
+        with store.connected(), store.database.atomic():
+            store.save(moving)
+            assert len(fetch_rows(store)) == 2
+    else:
+        store.save(moving)
+    assert moving.id != taken
+    assert store.load(taken)["owner"] == "first"
+    assert store.load(moving.id)["owner"] == "second"
+    assert len(fetch_rows(store)) == 2
+
+
 def test_persistent_conflict_raises_instead_of_dropping(store, monkeypatch) -> None:
     monkeypatch.setattr(writes_module, "MAX_CONFLICT_RETRIES", 0)
     sid = stored(store, n=0)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
+import bottle
+import pytest
+
 from storedsession import SessionInfo, SessionStore, signals
+from storedsession.plugins.bottle import StoredSessionPlugin
 
 from .support import fetch_rows
+from .wire import wsgi_call
 
 
 def _login(store: SessionStore, user_id, clock=None):
@@ -75,3 +82,53 @@ def test_revoke_user_keeps_this_device(store: SessionStore) -> None:
     assert not store.load(other_user.id).new
     assert store.revoke_user(1) == 1
     assert store.revoke_user(1) == 0
+
+
+#: user_id values no backend can store: PostgreSQL refuses a NUL; a lone surrogate has no
+#: UTF-8 form, so every driver fails to send it.
+UNSTORABLE = ["a\x00b", "\x00", "\ud800", "x\udfffy"]
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE, ids=["nul", "only-nul", "surrogate", "low-surrogate"])
+def test_a_user_id_no_database_can_store_is_refused_when_set(
+    store: SessionStore, count_queries, bad
+) -> None:
+    stored_session = _login(store, "alice")
+    for session in (store.load(None), store.load(stored_session.id)):
+        before = session.user_id
+        with count_queries(store) as q, pytest.raises(ValueError, match="user_id"):
+            session.user_id = bad
+        assert q.count == 0
+        assert session.user_id == before
+        session["n"] = 2
+        store.save(session)  # the session itself is fine
+        assert store.load(session.id).user_id == before
+    # Lookups by such an id find nothing, before any SQL.
+    with count_queries(store) as q:
+        assert store.sessions_for(bad) == []
+        assert store.revoke(stored_session.handle, user_id=bad) is False
+        assert store.revoke_user(bad) == 0
+    assert q.count == 0
+    assert not store.load(stored_session.id).new
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE[::2], ids=["nul", "surrogate"])
+def test_a_user_id_no_database_can_store_is_the_apps_to_refuse(store: SessionStore, bad) -> None:
+    app = bottle.Bottle()
+    app.config["catchall"] = False
+    app.install(StoredSessionPlugin(store))
+
+    @app.post("/signin")
+    def sign_in(session):
+        session["tried"] = True
+        try:  # JSON carries both: "\u0000", and "\ud800" alone
+            session.user_id = bottle.request.json["name"]
+        except ValueError:
+            bottle.abort(400, "That name cannot be used.")  # the app's business; not a 500
+        return "signed in"
+
+    body = json.dumps({"name": bad}).encode()
+    headers = {"Content-Type": "application/json"}
+    reply = wsgi_call(app, "/signin", method="POST", headers=headers, body=body)
+    assert reply.status == 400
+    assert [row[2] for row in fetch_rows(store)] == [None]  # saved, without a user

@@ -111,6 +111,7 @@ def wsgi_call(
     cookie: str | None = None,
     https: bool = False,
     headers: dict[str, str] | None = None,
+    body: bytes = b"",
 ) -> Reply:
     """Call a WSGI app once, the way a server would, and return what it sent."""
     path, _, query = path.partition("?")
@@ -125,7 +126,8 @@ def wsgi_call(
         "SCRIPT_NAME": "",
         "wsgi.url_scheme": "https" if https else "http",
         "wsgi.version": (1, 0),
-        "wsgi.input": io.BytesIO(),
+        "wsgi.input": io.BytesIO(body),
+        "CONTENT_LENGTH": str(len(body)),
         "wsgi.errors": io.StringIO(),
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
@@ -134,7 +136,8 @@ def wsgi_call(
     if cookie is not None:
         environ["HTTP_COOKIE"] = cookie
     for name, value in (headers or {}).items():
-        environ["HTTP_" + name.upper().replace("-", "_")] = value
+        key = name.upper().replace("-", "_")
+        environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value
     started: list[Any] = []
 
     def start_response(
