@@ -39,7 +39,7 @@ class LockWatch:
         self.pattern = f"%{table}%"
         self.database = None if backend == "sqlite" else db_url.connect(url)
         self.poll = 0.002
-        if backend == "postgres":
+        if backend in ("postgres", "pgbouncer"):
             self.sql = (
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                 "AND pid <> pg_backend_pid() AND query LIKE %s"
@@ -233,6 +233,7 @@ def test_revoke_user_ends_a_session_being_regenerated(make_store, watch, backend
 STRICTER = {
     "sqlite": "",  # SQLite has one: serializable
     "postgres": "?isolation_level=REPEATABLE%20READ",  # a moved row: serialization failure
+    "pgbouncer": "?isolation_level=REPEATABLE%20READ",  # set with each BEGIN: fine there
     "mysql": "?init_command=SET%20SESSION%20TRANSACTION%20ISOLATION%20LEVEL%20SERIALIZABLE",
 }
 
@@ -243,7 +244,7 @@ def test_revoke_user_under_a_stricter_isolation_level(
     """PostgreSQL's REPEATABLE READ cannot follow a moved row: it fails the transaction
     with a serialization failure, and revoke_user runs again under a new snapshot."""
     revoking = make_store(database=database_url + STRICTER[backend])
-    if backend == "postgres":
+    if backend in ("postgres", "pgbouncer"):
         with revoking.connected(), revoking.database.atomic():
             (level,) = revoking.database.execute_sql("SHOW transaction_isolation").fetchone()
         assert level == "repeatable read"
