@@ -118,7 +118,9 @@ def _back(session: Session, message: str, to: str = "/") -> NoReturn:
 
 def make_app(store: SessionStore) -> falcon.asgi.App:
     """Build the demo app on ``store``, whose table exists."""
-    app = falcon.asgi.App(middleware=[StoredSessionMiddleware(store)])
+    # record_ip=True shows the address on the sessions page; it is off by default, since
+    # an address is personal data (see the README).
+    app = falcon.asgi.App(middleware=[StoredSessionMiddleware(store, record_ip=True)])
     app.set_error_serializer(_error_page)
     account, cart, sessions = Account(), Cart(), Sessions(store)
     app.add_route("/", Home())
