@@ -235,6 +235,7 @@ table{border-collapse:collapse;width:100%}
 td,th{border-bottom:1px solid #ddd;padding:.35rem;text-align:left}
 tr.this-device{background:#eef6ff}
 .note{color:#666;font-size:.9em}
+.device{font-weight:600}
 .ua{display:block;color:#666;font-size:.75em;word-break:break-all}
 """
 _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()

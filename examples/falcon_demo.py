@@ -143,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:
         common.cannot_listen(args.port, exc)
     common.announce(NAME, sock.getsockname()[1])
-    config = uvicorn.Config(make_app(store), lifespan="off")
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default and rewrites the client
+    # address with it; the demo has no proxy in front, so any local page could forge it.
+    config = uvicorn.Config(make_app(store), lifespan="off", proxy_headers=False)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn stops gracefully, then passes Ctrl-C on
