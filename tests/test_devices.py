@@ -134,13 +134,15 @@ def test_labels_for_the_rest(labels: str) -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.text(max_size=devices.MAX_USER_AGENT))
 def test_any_user_agent_gets_a_short_printable_label(agent: str) -> None:
-    for parser in (None, False):  # the extra's parser, then the built-in table
-        devices._parser = parser
+    try:
+        for parser in (None, False):  # the extra's parser, then the built-in table
+            devices._parser = parser
+            devices._label.cache_clear()
+            shown = devices.label(agent)
+            assert shown is not None and shown.isprintable() and 0 < len(shown) <= 90
+    finally:
+        devices._parser = None
         devices._label.cache_clear()
-        shown = devices.label(agent)
-        assert shown is not None and shown.isprintable() and 0 < len(shown) <= 90
-    devices._parser = None
-    devices._label.cache_clear()
 
 
 def test_hostile_user_agents_are_labelled_quickly(labels: str) -> None:
