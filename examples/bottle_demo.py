@@ -29,7 +29,9 @@ NAME = "Bottle"
 def make_app(store: SessionStore) -> bottle.Bottle:
     """Build the demo app on ``store``, whose table exists."""
     app = bottle.Bottle()
-    app.install(StoredSessionPlugin(store))  # routes taking `session` get it
+    # Routes taking `session` get it. record_ip=True shows the address on the sessions
+    # page; it is off by default, since an address is personal data (see the README).
+    app.install(StoredSessionPlugin(store, record_ip=True))
 
     @app.get("/")
     def home(session: Session) -> str:

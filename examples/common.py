@@ -307,6 +307,8 @@ table{border-collapse:collapse;width:100%}
 td,th{border-bottom:1px solid #ddd;padding:.35rem;text-align:left}
 tr.this-device{background:#eef6ff}
 .note{color:#666;font-size:.9em}
+.device{font-weight:600}
+.ua{display:block;color:#666;font-size:.75em;word-break:break-all}
 """
 _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 
@@ -413,10 +415,24 @@ def _when(moment: datetime | None) -> str:
     return "never" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
 
 
+def _shown(text: str) -> str:
+    """Return text from a client fit for a page: escaped, control characters replaced."""
+    return e("".join(c if c.isprintable() else "\ufffd" for c in text))
+
+
+def _device(info: SessionInfo, mine: bool) -> str:
+    # The label is the store's ("Firefox on Linux"); the user agent is as the browser
+    # sent it, markup and all, so both are escaped.
+    label = _shown(info.device) if info.device else "Unknown device"
+    agent = f'<span class="ua">{_shown(info.user_agent)}</span>' if info.user_agent else ""
+    here = " · <b>This device</b>" if mine else ""
+    return f'<span class="device">{label}</span>{here}{agent}'
+
+
 def sessions_page(
     framework: str, session: Session, sessions: list[SessionInfo], notice: str | None
 ) -> str:
-    """The signed-in user's sessions, this device marked, each one revocable."""
+    """The signed-in user's sessions: device, address, times; this one marked; each revocable."""
     flash = _take_message(session, notice)
     csrf = csrf_token(session)
     rows = []
@@ -427,19 +443,21 @@ def sessions_page(
             if mine
             else _button("/sessions/revoke", "Sign out", csrf, handle=info.handle)
         )
-        device = "<b>This device</b>" if mine else f"Session {e(info.handle[:8])}…"
+        address = _shown(info.ip) if info.ip else '<span class="note">not recorded</span>'
         rows.append(
             f'<tr class="{"this-device" if mine else "other"}" '
-            f'data-handle="{e(info.handle)}"><td>{device}</td>'
+            f'data-handle="{e(info.handle)}"><td>{_device(info, mine)}</td>'
+            f'<td class="ip">{address}</td>'
             f"<td>{_when(info.created_at)}</td><td>{_when(info.last_seen_at)}</td>"
             f"<td>{_when(info.expires_at)}</td><td>{action}</td></tr>"
         )
     body = (
-        '<table id="sessions"><thead><tr><th>Device</th><th>Signed in</th>'
+        '<table id="sessions"><thead><tr><th>Device</th><th>Address</th><th>Signed in</th>'
         "<th>Last seen</th><th>Expires</th><th></th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
         f"<p>{_button('/sessions/revoke-others', 'Sign out everywhere else', csrf)}</p>"
-        '<p class="note">"Last seen" moves at most once a minute. Sign in with the same '
+        '<p class="note">The browser and address are those that signed in, kept encrypted '
+        'with the session. "Last seen" moves at most once a minute. Sign in with the same '
         "name in another browser (or a private window) to see a second session here.</p>"
     )
     return _layout(framework, "Your sessions", body, session, flash)

@@ -123,7 +123,9 @@ def _back(session: Session, message: str, to: str = "/") -> NoReturn:
 
 def make_app(store: SessionStore) -> falcon.asgi.App:
     """Build the demo app on ``store``, whose table exists."""
-    app = falcon.asgi.App(middleware=[StoredSessionMiddleware(store)])
+    # record_ip=True shows the address on the sessions page; it is off by default, since
+    # an address is personal data (see the README).
+    app = falcon.asgi.App(middleware=[StoredSessionMiddleware(store, record_ip=True)])
     app.set_error_serializer(_error_page)
     account, cart, sessions = Account(), Cart(), Sessions(store)
     app.add_route("/", Home())
@@ -146,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:
         common.cannot_listen(args.port, exc)
     common.announce(NAME, sock.getsockname()[1])
-    config = uvicorn.Config(make_app(store), lifespan="off")
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default and rewrites the client
+    # address with it; the demo has no proxy in front, so any local page could forge it.
+    config = uvicorn.Config(make_app(store), lifespan="off", proxy_headers=False)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn stops gracefully, then passes Ctrl-C on

@@ -37,7 +37,10 @@ class StoredSessionPlugin:
     500 (a redirect, ``abort(403)``). Routes opt out with ``skip=`` or the route option
     ``storedsession=False``. ``store_or_database`` is a :class:`SessionStore`, or a
     database or URL to build one from with ``keys`` and ``store_options``; the cookie
-    options are those of :class:`storedsession.web.CookieOptions`. ``store`` is the
+    options are those of :class:`storedsession.web.CookieOptions`. A sign-in records the
+    ``User-Agent`` (``record_user_agent``) and, with ``record_ip``, the WSGI
+    ``REMOTE_ADDR`` or ``client_ip(bottle.request)``, as
+    :class:`storedsession.web.SessionMiddlewareCore` says. ``store`` is the
     :class:`SessionStore` in use.
     """
 
@@ -56,6 +59,9 @@ class StoredSessionPlugin:
         cookie_secure: bool | None = None,
         cookie_httponly: bool = True,
         cookie_samesite: str | None = "Lax",
+        record_user_agent: bool = True,
+        record_ip: bool = False,
+        client_ip: Callable[[Any], str | None] | None = None,
         **store_options: Any,
     ) -> None:
         self.core = SessionMiddlewareCore(
@@ -67,6 +73,11 @@ class StoredSessionPlugin:
             cookie_secure=cookie_secure,
             cookie_httponly=cookie_httponly,
             cookie_samesite=cookie_samesite,
+            record_user_agent=record_user_agent,
+            record_ip=record_ip,
+            client_ip=client_ip,
+            user_agent_of=_user_agent,
+            address_of=_address,
             **store_options,
         )
         self.store = self.core.store
@@ -91,7 +102,11 @@ class StoredSessionPlugin:
         @functools.wraps(callback)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             environ = bottle.request.environ
-            request = begin(environ.get("HTTP_COOKIE"), environ.get("wsgi.url_scheme") == "https")
+            request = begin(
+                environ.get("HTTP_COOKIE"),
+                environ.get("wsgi.url_scheme") == "https",
+                request=bottle.request,
+            )
             environ[ENVIRON_KEY] = request.lazy
             if keyword:
                 kwargs[keyword] = request.lazy
@@ -110,6 +125,15 @@ class StoredSessionPlugin:
             return out
 
         return wrapper
+
+
+def _user_agent(request: bottle.BaseRequest) -> str | None:
+    return request.environ.get("HTTP_USER_AGENT")
+
+
+def _address(request: bottle.BaseRequest) -> str | None:
+    # The connection's own address: request.remote_addr reads X-Forwarded-For first.
+    return request.environ.get("REMOTE_ADDR")
 
 
 def _finish(request: RequestSession, response: bottle.BaseResponse) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import falcon
@@ -32,8 +32,10 @@ class StoredSessionMiddleware:
     A resource opts out with a class attribute ``storedsession = False``.
     ``store_or_database`` is a :class:`SessionStore`, or a database or URL to build
     one from with ``keys`` and ``store_options``; the cookie options are those of
-    :class:`storedsession.web.CookieOptions`. ``store`` is the :class:`SessionStore` in
-    use.
+    :class:`storedsession.web.CookieOptions`. A sign-in records the ``User-Agent``
+    (``record_user_agent``) and, with ``record_ip``, ``req.remote_addr`` or
+    ``client_ip(req)``, as :class:`storedsession.web.SessionMiddlewareCore` says.
+    ``store`` is the :class:`SessionStore` in use.
     """
 
     def __init__(
@@ -47,6 +49,9 @@ class StoredSessionMiddleware:
         cookie_secure: bool | None = None,
         cookie_httponly: bool = True,
         cookie_samesite: str | None = "Lax",
+        record_user_agent: bool = True,
+        record_ip: bool = False,
+        client_ip: Callable[[Any], str | None] | None = None,
         **store_options: Any,
     ) -> None:
         self.core = SessionMiddlewareCore(
@@ -58,6 +63,11 @@ class StoredSessionMiddleware:
             cookie_secure=cookie_secure,
             cookie_httponly=cookie_httponly,
             cookie_samesite=cookie_samesite,
+            record_user_agent=record_user_agent,
+            record_ip=record_ip,
+            client_ip=client_ip,
+            user_agent_of=_user_agent,
+            address_of=_address,
             **store_options,
         )
         self.store = self.core.store
@@ -66,7 +76,7 @@ class StoredSessionMiddleware:
         self, req: falcon.Request, cookie_header: str | None, *, hold_connection: bool
     ) -> RequestSession:
         request = self.core.begin(
-            cookie_header, req.scheme == "https", hold_connection=hold_connection
+            cookie_header, req.scheme == "https", hold_connection=hold_connection, request=req
         )
         setattr(req.context, _STATE, request)
         req.context.session = request.lazy
@@ -111,6 +121,15 @@ class StoredSessionMiddleware:
             except StoreUnavailable as exc:
                 raise falcon.HTTPServiceUnavailable() from exc
             _apply(resp, headers)
+
+
+def _user_agent(req: falcon.Request) -> str | None:
+    return req.get_header("User-Agent")
+
+
+def _address(req: falcon.Request) -> str | None:
+    # The connection's (WSGI REMOTE_ADDR, ASGI client), never a forwarded header.
+    return req.remote_addr
 
 
 def _taken(req: falcon.Request, resource: object) -> RequestSession | None:

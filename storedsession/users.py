@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from . import ids, signals
+from . import devices, ids, signals
 from .aio import offload
+from .crypto import DecryptionFailed
 from .database import is_sqlite
 from .session import Session, storable_text
 
 if TYPE_CHECKING:
+    from .crypto import Envelope, NoKeys
     from .database import Connector
     from .sql import Statements
+
+security_log = logging.getLogger("storedsession.security")
 
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """One live session of a user, as listed by :meth:`SessionStore.sessions_for`."""
+    """One live session of a user, as listed by :meth:`SessionStore.sessions_for`.
+
+    ``user_agent`` is the ``User-Agent`` recorded when the session signed in (cut to 512
+    characters, as the client sent it: escape it before showing it), ``device`` a short
+    label made from it ("Firefox on Linux"), ``ip`` the address recorded with it when the
+    adapter's ``record_ip=True``; each is ``None`` when nothing was recorded.
+    """
 
     handle: str
     created_at: datetime
     last_seen_at: datetime
     expires_at: datetime | None
+    user_agent: str | None = None
+    device: str | None = None
+    ip: str | None = None
 
 
 #: How often ``revoke_user`` starts again after the server rolled it back.
@@ -54,6 +68,7 @@ class UserSessions:
     if TYPE_CHECKING:
         model: Any
         database: peewee.Database
+        envelope: Envelope | NoKeys
         _connection: Connector
         _sql: Statements
 
@@ -64,7 +79,11 @@ class UserSessions:
         def _transaction(self) -> Any: ...
 
     def sessions_for(self, user_id: str | int) -> list[SessionInfo]:
-        """List the user's live sessions, most recently seen first."""
+        """List the user's live sessions, most recently seen first.
+
+        Each row is decrypted for its device details; a row that does not open (altered,
+        moved, or its columns edited) is left out and logged, as a load would ignore it.
+        """
         wanted = str(user_id)
         if not storable_text(wanted):
             return []  # no session can have it (and the driver would fail on it)
@@ -77,21 +96,44 @@ class UserSessions:
                 model.expires_at,
                 model.idle_timeout,
                 model.user_id,
+                model.payload,
             )
             .where(model.user_id == wanted)
             .order_by(model.last_seen_at.desc())
             .tuples()
         )
+        from .store import LAST_SEEN_LEEWAY_MS  # here: store.py imports this module
+
         with self._connection():
             rows = list(query)
-        return [
-            SessionInfo(
-                handle, _utc(created), _utc(seen), None if expires is None else _utc(expires)
-            )
-            for handle, created, seen, expires, idle, owner in rows
+        listed = []
+        for handle, created, seen, expires, idle, owner, payload in rows:
             # Exact in Python too: a MySQL table not yet upgraded matches loosely.
-            if owner == wanted and self._alive(created, seen, expires, idle, now)
-        ]
+            if owner != wanted or not self._alive(created, seen, expires, idle, now):
+                continue
+            try:
+                if not created <= seen <= now + LAST_SEEN_LEEWAY_MS:  # as load checks it
+                    raise DecryptionFailed("its last-seen time was edited")
+                metadata, _ = self.envelope.open(bytes(payload), handle, owner, created, idle)
+            except DecryptionFailed as exc:
+                security_log.warning("Left a session that does not open out of a list: %s.", exc)
+                continue
+            except (ValueError, TypeError):  # metadata that is not JSON; a column's wrong type
+                security_log.warning("Left a session that is not well formed out of a list.")
+                continue
+            agent = devices.stored(metadata, devices.USER_AGENT)
+            listed.append(
+                SessionInfo(
+                    handle,
+                    _utc(created),
+                    _utc(seen),
+                    None if expires is None else _utc(expires),
+                    agent,
+                    devices.label(agent),
+                    devices.stored(metadata, devices.IP),
+                )
+            )
+        return listed
 
     def revoke(self, handle: str, user_id: str | int | None = None) -> bool:
         """Delete one session by its handle ("sign out that device").

@@ -7,8 +7,11 @@ after ``await request_session.preload()``) to the application, and at the end as
 :meth:`RequestSession.finish` (or ``finish_async``) which headers to add, answering 503
 when it raises ``StoreUnavailable``; a header named in :data:`MERGED_HEADERS` is merged
 into the application's own. Every decision (load or not, save or not, which
-cookie, ``Vary``, ``Cache-Control``, 5xx, interrupted sessions) is taken here, and so is
-reading the ``Cookie`` header and checking the cookie options.
+cookie, ``Vary``, ``Cache-Control``, 5xx, interrupted sessions, what to record of the
+client at sign-in) is taken here, and so is reading the ``Cookie`` header and checking
+the cookie options. The adapter passes its framework's request to ``begin`` and says once,
+at construction, how to read a request's ``User-Agent`` and connection address; they are
+read only when a save signs the session in.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .store import SessionStore
 from .writes import Outcome
 
 security_log = logging.getLogger("storedsession.security")
+log = logging.getLogger("storedsession")
 
 #: Where an adapter puts the session for code that does not take the keyword.
 ENVIRON_KEY = "storedsession.session"
@@ -287,6 +291,7 @@ class RequestSession:
         "core",
         "cookie",
         "https",
+        "request",
         "lazy",
         "_session",
         "_held",
@@ -303,10 +308,13 @@ class RequestSession:
         https: bool,
         *,
         hold_connection: bool = True,
+        request: Any = None,
     ) -> None:
         self.core = core
         self.cookie = pick_cookie(cookie_header, core.cookie.name)
         self.https = https
+        #: The framework's request, read only if the session signs in (see ``client``).
+        self.request = request
         self.lazy = LazySession(self)
         self._session: Session | None = None
         self._held: AbstractContextManager[Any] | None = None
@@ -372,7 +380,9 @@ class RequestSession:
             if status >= 500:
                 return headers
             try:
-                outcome = self.core.store.save(session)
+                outcome = self.core.store.save(
+                    session, self.client if self.core.records and self.request is not None else None
+                )
             except SessionInterrupted:
                 security_log.warning(
                     "A session was deleted while a request used it; nothing was saved."
@@ -393,6 +403,10 @@ class RequestSession:
         finally:
             self.close()
 
+    def client(self) -> tuple[str | None, str | None]:
+        """Return the request's raw user agent and, with ``record_ip``, its address."""
+        return self.core.client(self.request)
+
     async def finish_async(self, status: int) -> list[tuple[str, str]]:
         """Run :meth:`finish`, with its database work in a worker thread."""
         if self._session is None:
@@ -406,8 +420,20 @@ class RequestSession:
             held.__exit__(None, None, None)
 
 
+#: How an adapter reads one thing (the user agent, the connection's address) off a request.
+Reader = Callable[[Any], str | None]
+
+
 class SessionMiddlewareCore:
-    """What every adapter shares: the store and the cookie options."""
+    """What every adapter shares: the store, the cookie options, what to record of clients.
+
+    ``record_user_agent`` records the ``User-Agent`` of the request that signs a session
+    in (the session gets a user id, or is regenerated with one); ``False`` records
+    nothing at all. ``record_ip`` records the client's address with it: the connection's
+    (``address_of``), or what ``client_ip(request)`` returns for an application behind a
+    proxy it trusts, never a forwarded header by default. ``user_agent_of`` and
+    ``address_of`` are the adapter's readers of its framework's request.
+    """
 
     def __init__(
         self,
@@ -420,8 +446,29 @@ class SessionMiddlewareCore:
         cookie_secure: bool | None = None,
         cookie_httponly: bool = True,
         cookie_samesite: str | None = "Lax",
+        record_user_agent: bool = True,
+        record_ip: bool = False,
+        client_ip: Reader | None = None,
+        user_agent_of: Reader | None = None,
+        address_of: Reader | None = None,
         **store_options: Any,
     ) -> None:
+        if record_ip and not record_user_agent:
+            raise ConfigurationError(
+                "record_ip=True records the address with the user agent, and "
+                "record_user_agent=False turns recording off: pass one or the other."
+            )
+        if client_ip is not None and not (callable(client_ip) and record_ip):
+            raise ConfigurationError(
+                "client_ip takes a function of the request that returns the client's address "
+                "(a str, or None), and is used only with record_ip=True."
+            )
+        self.record_ip = record_ip
+        self._client_ip = client_ip
+        self._user_agent_of = user_agent_of
+        self._address_of = address_of
+        #: Whether a sign-in records anything: the option, and an adapter that can read it.
+        self.records = record_user_agent and user_agent_of is not None
         if isinstance(store_or_database, SessionStore):
             if keys is not None or store_options:
                 raise ConfigurationError(
@@ -436,7 +483,35 @@ class SessionMiddlewareCore:
         )
 
     def begin(
-        self, cookie_header: str | None, https: bool, *, hold_connection: bool = True
+        self,
+        cookie_header: str | None,
+        https: bool,
+        *,
+        hold_connection: bool = True,
+        request: Any = None,
     ) -> RequestSession:
-        """Start the session of one request."""
-        return RequestSession(self, cookie_header, https, hold_connection=hold_connection)
+        """Start the session of one request; ``request`` is the framework's, for ``client``."""
+        return RequestSession(
+            self, cookie_header, https, hold_connection=hold_connection, request=request
+        )
+
+    def client(self, request: Any) -> tuple[str | None, str | None]:
+        """Return the raw user agent of ``request`` and, with ``record_ip``, its address.
+
+        The store trims and normalises both. A ``client_ip`` that raises records no
+        address (logged without the exception's text, which may hold the header).
+        """
+        assert self._user_agent_of is not None
+        agent = self._user_agent_of(request)
+        if not self.record_ip:
+            return agent, None
+        if self._client_ip is None:
+            return agent, None if self._address_of is None else self._address_of(request)
+        try:
+            return agent, self._client_ip(request)
+        except Exception as exc:
+            log.warning(
+                "client_ip raised %s; this sign-in was recorded without an address.",
+                type(exc).__name__,
+            )
+            return agent, None

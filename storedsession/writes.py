@@ -4,7 +4,9 @@ saved first, a new id at login, a throttled "last seen" otherwise.
 Every statement that writes ``user_id``, ``idle_timeout`` or a new row writes a payload
 sealed to those very values (and to the creation time) beside them; the "last seen" touch
 changes none of them and re-seals nothing. The metadata map travels with the session and,
-in a merge, with the user id: a request that changed the user id keeps its own map.
+in a merge, with the user id: a request that changed the user id (or regenerated a
+signed-in session) keeps its own map. A save that signs the session in records the
+client's details in the map (:mod:`storedsession.devices`); an anonymous session keeps none.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from . import ids, serialization, signals
+from . import devices, ids, serialization, signals
 from .aio import offload
 from .crypto import DecryptionFailed
 from .database import is_sqlite
@@ -52,6 +54,12 @@ class _Conflict(Exception):
     """Internal: a versioned write matched no row."""
 
 
+def _signs_in(session: Session) -> bool:
+    """Tell whether saving ``session`` gives it a user: a new user id, or regenerate() with one."""
+    user = session._user_id
+    return user is not None and (session._regenerate or user != session._loaded_user_id)
+
+
 class SessionWrites:
     """The writing half of :class:`~storedsession.SessionStore`."""
 
@@ -75,13 +83,18 @@ class SessionWrites:
             raise SessionTooLarge(len(plaintext), self.max_size)
         return plaintext
 
-    def save(self, session: Session) -> Outcome:
+    def save(self, session: Session, client: devices.Client | None = None) -> Outcome:
         """Write what changed in ``session``, in as few queries as possible.
 
         A new empty session writes nothing; an unchanged one only moves "last seen" once
         per ``touch_interval``; a changed one is one versioned ``UPDATE`` (one ``INSERT``
         when new). Raises :class:`SessionInterrupted` when the session was deleted
         meanwhile, and never re-creates it.
+
+        A save that signs the session in (it gets a user id, or is regenerated with one)
+        sends ``signals.session_signed_in``, and, given ``client`` (what the web adapters
+        pass: a callable returning the request's raw user agent and address, called only
+        then), records those in place of any earlier ones, encrypted with the session.
         """
         if session.new:
             if not session._data and session._user_id is None:
@@ -90,6 +103,9 @@ class SessionWrites:
                 self.delete(session)
                 return Outcome.DELETED
             plaintext = self._plaintext(session)
+            signed_in = session._user_id is not None
+            if signed_in and client is not None:
+                session._meta = devices.recorded(session._meta, client)
             with self._connection():
                 self._check_packet()
                 if session._doomed is None:
@@ -99,6 +115,8 @@ class SessionWrites:
                         self._delete_handles([session._doomed])
                         self._insert(session, plaintext)
                     session._doomed = None
+            if signed_in:
+                self._signed_in(session)
             return Outcome.WRITTEN
         metadata_changed = (
             session._user_id != session._loaded_user_id or session._idle != session._loaded_idle
@@ -106,13 +124,27 @@ class SessionWrites:
         if session._regenerate or metadata_changed or session._dirty or session._exposed:
             # Serialize once: the same bytes tell whether anything changed and get written.
             plaintext = self._plaintext(session)
+            signed_in = _signs_in(session)
+            if signed_in:
+                if client is not None:
+                    session._meta = devices.recorded(session._meta, client)
+            elif session._user_id is None and session._meta:
+                session._meta = devices.without_client(session._meta)  # signed out
             if session._regenerate:
                 self._write(session, plaintext, self._regenerate_once)
-                return Outcome.WRITTEN
-            if metadata_changed or plaintext != session._loaded:
+            elif metadata_changed or plaintext != session._loaded:
                 self._write(session, plaintext, self._update_once)
-                return Outcome.WRITTEN
+            else:
+                return self._touch(session)
+            if signed_in:
+                self._signed_in(session)
+            return Outcome.WRITTEN
         return self._touch(session)
+
+    def _signed_in(self, session: Session) -> None:
+        # The user id as stored: a merge may have taken another request's.
+        if session._user_id is not None and signals.session_signed_in.receivers:
+            signals.session_signed_in.send(self, sid=session._handle, user_id=session._user_id)
 
     def _transaction(self) -> Any:
         if is_sqlite(self.database):
@@ -299,8 +331,11 @@ class SessionWrites:
         session._loaded_user_id, session._loaded_idle = user_id, idle
         session._user_id = mine_user if user_changed else user_id
         session._idle = mine_idle if idle_changed else idle
-        if not user_changed:  # the device details belong to whoever set the user id
+        # The device details belong to whoever signed the session in last.
+        if not (user_changed or (session._regenerate and mine_user is not None)):
             session._meta = their_meta
+        if session._user_id is None and session._meta:
+            session._meta = devices.without_client(session._meta)
         return self._plaintext(session)
 
     def _touch(self, session: Session) -> Outcome:

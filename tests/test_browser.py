@@ -177,12 +177,15 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def new_page(browser: Any) -> Iterator[Callable[[], Page]]:
-    """Open a page in a browser context of its own: a separate browser, as far as cookies go."""
+def new_page(browser: Any) -> Iterator[Callable[..., Page]]:
+    """Open a page in a browser context of its own: a separate browser, as far as cookies go.
+
+    Options go to ``new_context`` (``user_agent=``, ``extra_http_headers=``).
+    """
     contexts: list[Any] = []
 
-    def make() -> Page:
-        context = browser.new_context()
+    def make(**options: Any) -> Page:
+        context = browser.new_context(**options)
         context.set_default_timeout(ACTION_MS)
         context.set_default_navigation_timeout(ACTION_MS)
         contexts.append(context)
@@ -393,3 +396,49 @@ def test_another_page_cannot_sign_a_stranger_in(demo: Demo, new_page: Callable[[
     assert stored_rows(demo) == before
     page.goto(demo.url)
     expect_signed_out(page)
+
+
+FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+CHROME_WINDOWS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0.0.0 Safari/537.36"
+)
+
+
+def test_two_browsers_appear_as_two_devices(demo: Demo, new_page: Callable[..., Page]) -> None:
+    # The second browser forges the headers a proxy would set: the demo records the
+    # connection's own address (record_ip=True), never theirs.
+    forged = {"X-Forwarded-For": "198.51.100.66", "X-Real-IP": "198.51.100.67"}
+    firefox = new_page(user_agent=FIREFOX_LINUX)
+    chrome = new_page(user_agent=CHROME_WINDOWS, extra_http_headers=forged)
+    for page in (firefox, chrome):
+        sign_in(page, demo, "erin")
+    firefox.reload()  # an ordinary request from another browser changes nothing recorded
+    chrome.goto(demo.url + "sessions")
+    rows = chrome.locator("#sessions tbody tr")
+    expect(rows).to_have_count(2)
+    mine, other = chrome.locator("tr.this-device"), chrome.locator("tr.other")
+    expect(mine.locator(".device")).to_have_text("Chrome on Windows")
+    expect(mine).to_contain_text("This device")
+    expect(mine.locator(".ua")).to_have_text(CHROME_WINDOWS)
+    expect(other.locator(".device")).to_have_text("Firefox on Linux")
+    expect(other.locator(".ua")).to_have_text(FIREFOX_LINUX)
+    expect(chrome.locator("#sessions td.ip")).to_have_text(["127.0.0.1", "127.0.0.1"])
+    assert "198.51.100" not in chrome.content()
+    OUTPUT.mkdir(exist_ok=True)
+    chrome.screenshot(path=str(OUTPUT / f"devices-{demo.name}.png"), full_page=True)
+
+    # The label comes from the store, which decrypts what the sign-in recorded.
+    listed = {info.device: info for info in demo.store.sessions_for("erin")}
+    assert sorted(listed) == ["Chrome on Windows", "Firefox on Linux"]
+    assert {info.ip for info in listed.values()} == {"127.0.0.1"}
+
+
+def test_a_hostile_user_agent_is_shown_as_text(demo: Demo, new_page: Callable[..., Page]) -> None:
+    agent = '<script>document.title="owned"</script><img src=x onerror=alert(1)> Firefox/1'
+    page = new_page(user_agent=agent)
+    sign_in(page, demo, "frank")
+    page.goto(demo.url + "sessions")
+    expect(page.locator("tr.this-device .ua")).to_have_text(agent)
+    expect(page.locator("#sessions script, #sessions img")).to_have_count(0)
+    assert page.title() != "owned"
