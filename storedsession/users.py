@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from .aio import offload
 from .crypto import DecryptionFailed
 from .database import is_sqlite
 from .session import Session, storable_text
+from .writes import MOVED_FROM
 
 if TYPE_CHECKING:
     from .crypto import Envelope, NoKeys
@@ -139,23 +141,49 @@ class UserSessions:
         """Delete one session by its handle ("sign out that device").
 
         With ``user_id``, only if the session belongs to that user. Returns whether a
-        session was deleted.
+        session was deleted. A session that ``regenerate()`` moved to a new id meanwhile
+        (the revoke waited for the move, or the handle was listed just before it) is
+        followed: the moved row names the handle it came from in its sealed metadata.
         """
         if not ids.is_handle(handle):
             return False
-        if user_id is not None and not storable_text(str(user_id)):
+        wanted = None if user_id is None else str(user_id)
+        if wanted is not None and not storable_text(wanted):
             return False
         model = self.model
         query = model.delete().where(model.sid == handle)
-        if user_id is not None:
-            query = query.where(model.user_id == str(user_id))
+        if wanted is not None:
+            query = query.where(model.user_id == wanted)
         with self._connection():
-            if user_id is not None and not self._owned_by(handle, str(user_id)):
+            row = model.select(model.user_id).where(model.sid == handle).tuples().first()
+            # Exact in Python: the DELETE's filter is exact only on an upgraded MySQL table.
+            if row is not None and wanted is not None and row[0] != wanted:
                 return False
-            deleted = query.execute()
-        if deleted and signals.session_delete.receivers:
-            signals.session_delete.send(self, sid=handle)
-        return bool(deleted)
+            deleted: str | None = handle if query.execute() else None
+            owner = wanted if row is None else row[0]
+            if deleted is None and owner is not None:
+                deleted = self._revoke_moved(handle, owner)
+        if deleted is not None and signals.session_delete.receivers:
+            signals.session_delete.send(self, sid=deleted)
+        return deleted is not None
+
+    def _revoke_moved(self, handle: str, owner: str) -> str | None:
+        """Delete the session of ``owner`` that was moved away from ``handle``, if any."""
+
+        def moved(rows: list[tuple[Any, ...]]) -> list[str]:
+            for sid, payload, user_id, created, idle in rows:
+                try:
+                    metadata, _ = self.envelope.open(bytes(payload), sid, user_id, created, idle)
+                except (DecryptionFailed, ValueError, TypeError):
+                    continue  # not ours to judge here; a load ignores it too
+                if metadata.get(MOVED_FROM) == handle:
+                    return [sid]
+            return []
+
+        model = self.model
+        columns = (model.sid, model.payload, model.user_id, model.created_at, model.idle_timeout)
+        found = self._delete_locked(model.user_id == owner, columns, owner, moved)
+        return found[0] if found else None
 
     def revoke_user(self, user_id: str | int, keep: Session | None = None) -> int:
         """Delete all of the user's sessions but ``keep`` ("sign out everywhere else").
@@ -186,32 +214,47 @@ class UserSessions:
         condition = model.user_id == wanted
         if keep is not None and keep.handle is not None:
             condition &= model.sid != keep.handle
-        locking = not is_sqlite(self.database)
+        columns = (model.sid, model.user_id)
         with self._connection():
-            for tries in range(MAX_DEADLOCK_RETRIES + 1):
-                query = model.select(model.sid, model.user_id).where(condition).tuples()
-                try:
-                    with self._transaction():
-                        rows = query.for_update() if locking else query  # not reusable
-                        # Exact, as in sessions_for: a table not yet upgraded matches loosely.
-                        handles = [h for h, owner in rows if owner == wanted]
-                        # Locked: each of these deletes its row (SQLite: no one else writes).
-                        for handle in handles:
-                            self.database.execute_sql(self._sql.delete, (handle,))
-                    break
-                except peewee.OperationalError as exc:
-                    if tries == MAX_DEADLOCK_RETRIES or not _retryable(exc):
-                        raise
+            handles = self._delete_locked(
+                condition, columns, wanted, lambda rows: [row[0] for row in rows]
+            )
         if signals.session_delete.receivers:  # once committed: a rollback sends none
             for handle in handles:
                 signals.session_delete.send(self, sid=handle)
         return len(handles)
 
-    def _owned_by(self, handle: str, user_id: str) -> bool:
-        # The DELETE's own filter is exact only once a MySQL table has been upgraded.
+    def _delete_locked(
+        self,
+        condition: Any,
+        columns: tuple[Any, ...],
+        owner: str,
+        choose: Callable[[list[tuple[Any, ...]]], list[str]],
+    ) -> list[str]:
+        """Lock the rows of ``condition``, delete those ``choose`` picks; return their ids.
+
+        ``columns`` start with ``sid``, then ``user_id`` comes among them: only rows whose
+        ``user_id`` is exactly ``owner`` reach ``choose`` (a MySQL table not yet upgraded
+        matches loosely). The transaction starts again when the server rolls it back
+        (MariaDB's deadlock with a concurrent move; PostgreSQL's serialization failure).
+        """
         model = self.model
-        row = model.select(model.user_id).where(model.sid == handle).tuples().first()
-        return row is not None and row[0] == user_id
+        position = [c.name for c in columns].index("user_id")
+        locking = not is_sqlite(self.database)
+        for tries in range(MAX_DEADLOCK_RETRIES + 1):
+            query = model.select(*columns).where(condition).tuples()  # not reusable
+            try:
+                with self._transaction():
+                    rows = query.for_update() if locking else query
+                    chosen = choose([row for row in rows if row[position] == owner])
+                    # Locked: each of these deletes its row (SQLite: no one else writes).
+                    for handle in chosen:
+                        self.database.execute_sql(self._sql.delete, (handle,))
+                return chosen
+            except peewee.OperationalError as exc:
+                if tries == MAX_DEADLOCK_RETRIES or not _retryable(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     asessions_for = offload(sessions_for)
     arevoke = offload(revoke)

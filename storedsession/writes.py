@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 security_log = logging.getLogger("storedsession.security")
 
+#: The metadata key in which a row moved by ``regenerate()`` names the handle it left, so
+#: that a ``revoke`` of that handle still finds the session (see ``UserSessions.revoke``).
+MOVED_FROM = "moved_from"
+
 #: How often a save re-reads and re-applies its changes after losing a race.
 MAX_CONFLICT_RETRIES = 16
 #: How often a freshly drawn id is redrawn when it is taken (never, in practice).
@@ -265,8 +269,11 @@ class SessionWrites:
         handle = ids.handle_for(public_id)
         expires = self._expiry(session._created, now, session._idle)
         # Sealed to the new id and the columns the move leaves in the row (created_at stays).
+        metadata = session._meta
+        if session._user_id is not None:  # only a user's sessions are revoked by handle
+            metadata = {**metadata, MOVED_FROM: old_handle}
         sealed = self.envelope.seal(
-            plaintext, handle, session._user_id, session._created, session._idle, session._meta
+            plaintext, handle, session._user_id, session._created, session._idle, metadata
         )
         params: tuple[Any, ...] = (
             handle,
@@ -289,7 +296,7 @@ class SessionWrites:
             # drawn id is taken: re-read under a lock and retry with a new draw.
             raise _Conflict
         session._public_id, session._handle, session._version = public_id, handle, 1
-        session._last_seen, session._expires = now, expires
+        session._last_seen, session._expires, session._meta = now, expires, metadata
         session._loaded, session._regenerate = plaintext, False
         session._loaded_user_id, session._loaded_idle = session._user_id, session._idle
         if signals.session_write.receivers:

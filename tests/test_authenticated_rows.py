@@ -312,9 +312,10 @@ def test_the_metadata_map_is_carried_from_load_to_save(make_store, keys, clock) 
     store.save(stale)  # a merge
     regenerated = store.load(session.id)
     regenerated.regenerate()
-    store.save(regenerated)  # a new id
+    store.save(regenerated)  # a new id, which also names the one it left (for revoke)
     final = store.load(regenerated.id)
-    assert final._meta == metadata and dict(final) == {"n": 2, "m": 1}
+    assert final._meta == {**metadata, "moved_from": session.handle}
+    assert dict(final) == {"n": 2, "m": 1}
     final.invalidate()
     assert final._meta == {}  # a new session starts without any
 

@@ -304,10 +304,10 @@ def test_revoke_user_during_a_storm_of_regenerates(make_store) -> None:
 
 def test_revoke_one_device_racing_its_regenerate(make_store, watch) -> None:
     """Either the revoke comes first and the regenerate is interrupted, or the move comes
-    first and the revoke, holding the old handle, deletes nothing and says so: the session
-    is never duplicated, never ends unreported, and the signal names what went."""
+    first and the revoke follows the session to its new id: the device is signed out
+    either way, never duplicated, and the signal names the row that went."""
     moving, revoking = make_store(), make_store()
-    outcomes: set[bool] = set()
+    orders: set[str] = set()
     for number, scenario, point in cases():
         user = f"device-{number}"
         target = signed_in(revoking, user)
@@ -322,27 +322,34 @@ def test_revoke_one_device_racing_its_regenerate(make_store, watch) -> None:
                     new_id = None
             revoked = worker.finish()
         where = f"{scenario}, paused after statement {point + 1}"
-        outcomes.add(revoked)
-        if revoked:
-            assert new_id is None, where
-            assert rows_of(revoking, user) == set(), where
+        assert revoked, where
+        assert rows_of(revoking, user) == set(), where
+        if new_id is None:  # the revoke came first: the move found its row gone
             assert deleted == [old_handle], where
-        else:
-            assert new_id is not None, where
-            assert rows_of(revoking, user) == {ids.handle_for(new_id)}, where
-            assert deleted == [], where
-    assert outcomes == {True, False}
+            orders.add("revoke first")
+        else:  # the move came first: the revoke followed it
+            assert deleted == [ids.handle_for(new_id)], where
+            assert moving.load(new_id).new, where
+            orders.add("move first")
+    assert orders == {"revoke first", "move first"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Known limit: revoke(handle) cannot follow a session whose move to a new id is "
-    "in flight. Its DELETE waits for the moving row, whose only key then changes under it "
-    "(PostgreSQL re-checks sid = old on the new version; InnoDB finds the old key "
-    "delete-marked; SQLite runs it after the move). Following it needs a column that "
-    "survives regenerate(), a schema change.",
-)
+def test_revoke_follows_a_handle_listed_before_the_device_signed_in_again(make_store) -> None:
+    """The handle shown on a sessions page stays good for "sign out that device" after
+    that device logs in again (a regenerate), given the user as the page knows it."""
+    store = make_store()
+    device = signed_in(store, "returning")
+    listed = store.sessions_for("returning")[0].handle
+    session = store.load(device.id)
+    session.regenerate()
+    store.save(session)
+    assert session.handle != listed
+    assert store.revoke(listed, user_id="someone-else") is False
+    assert store.revoke(listed, user_id="returning") is True
+    assert store.load(session.id).new
+    assert store.sessions_for("returning") == []
+
+
 def test_revoke_one_device_while_its_move_is_in_flight(make_store, watch) -> None:
     moving, revoking = make_store(), make_store()
     target = signed_in(revoking, "mover")
