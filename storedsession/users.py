@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import ids, signals
 from .aio import offload
+from .database import is_write_conflict
 from .session import Session
+from .writes import MAX_CONFLICT_RETRIES
 
 if TYPE_CHECKING:
     from .database import Connector
@@ -96,10 +98,19 @@ class UserSessions:
         condition = model.user_id == wanted
         if keep is not None and keep.handle is not None:
             condition &= model.sid != keep.handle
-        with self._connection(), self._transaction():
-            rows = model.select(model.sid, model.user_id).where(condition).tuples()
-            handles = [h for h, owner in rows if owner == wanted]  # exact, as in sessions_for
-            return self._delete_handles(handles)
+        with self._connection():
+            conflicts = 0
+            while True:
+                try:
+                    with self._transaction():
+                        rows = model.select(model.sid, model.user_id).where(condition).tuples()
+                        handles = [h for h, owner in rows if owner == wanted]  # as sessions_for
+                        return self._delete_handles(handles)
+                except Exception as exc:
+                    # A save of one of them on another Galera node won: read them again.
+                    conflicts += 1
+                    if conflicts > MAX_CONFLICT_RETRIES or not is_write_conflict(exc):
+                        raise
 
     def _owned_by(self, handle: str, user_id: str) -> bool:
         # The DELETE's own filter is exact only once a MySQL table has been upgraded.

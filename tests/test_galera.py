@@ -291,6 +291,51 @@ def test_a_revoke_on_node_2_right_after_a_login_on_node_1_ends_the_session(nodes
 
 
 @galera
+def test_signing_out_everywhere_while_other_nodes_save_ends_every_session(nodes) -> None:
+    stores = nodes()
+    alive, failed = [], []
+    for number in range(TRIES // 8):
+        user = f"u{number}"
+        sids = []
+        for _ in range(2):
+            session = stores[0].load(None)
+            session.user_id, session["n"] = user, 0
+            stores[0].save(session)
+            sids.append(session.id)
+        barrier = threading.Barrier(3)
+
+        def save(store: SessionStore, sid: str, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            for _ in range(3):
+                session = store.load(sid)
+                if session.new:
+                    return
+                session["n"] += 1
+                try:
+                    store.save(session)
+                except SessionInterrupted:
+                    return
+
+        def revoke(user: str = user, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                stores[1].revoke_user(user)
+            except StoreUnavailable as exc:
+                failed.append(exc)
+
+        _run(
+            [
+                threading.Thread(target=save, args=(stores[0], sids[0])),
+                threading.Thread(target=save, args=(stores[2], sids[1])),
+                threading.Thread(target=revoke),
+            ]
+        )
+        alive += [sid for sid in sids if any(not store.load(sid).new for store in stores)]
+    assert failed == []
+    assert alive == []
+
+
+@galera
 def test_a_delete_on_node_2_is_never_found_on_node_3(nodes) -> None:
     first, second, third = nodes()
     found = []
