@@ -194,6 +194,31 @@ def is_sqlite(database: peewee.Database) -> bool:
     return isinstance(database, peewee.SqliteDatabase)
 
 
+#: MySQL/MariaDB error codes of a lost race: a deadlock (1213), which is also how Galera
+#: reports a transaction that failed certification at COMMIT or was aborted by another
+#: node's write, and a lock wait timeout (1205), also Galera's causal wait running out.
+_MYSQL_CONFLICTS = frozenset({1205, 1213})
+#: PostgreSQL's deadlock_detected and serialization_failure.
+_POSTGRES_CONFLICTS = frozenset({"40P01", "40001"})
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """Tell whether a database error means the work lost a race and may simply be redone.
+
+    The server rolled back the statement (a deadlock: the whole transaction) so that
+    another transaction could go on; nothing is wrong with the database or the
+    connection. Takes peewee's error or the driver's own; anything else is not one.
+    """
+    driver = getattr(exc, "orig", exc)  # peewee keeps the driver's error as .orig
+    if not any(cls.__name__ == "DatabaseError" for cls in type(driver).__mro__):
+        return False  # not a DB-API DatabaseError (peewee's has the same name)
+    pgcode = getattr(driver, "pgcode", None)
+    if pgcode is not None:
+        return pgcode in _POSTGRES_CONFLICTS
+    code = driver.args[0] if driver.args else None
+    return type(code) is int and code in _MYSQL_CONFLICTS
+
+
 _PASSWORDISH = re.compile(r"(password|passwd)=\S+", re.IGNORECASE)
 
 

@@ -13,9 +13,9 @@ import peewee
 from . import devices, ids, signals
 from .aio import offload
 from .crypto import DecryptionFailed
-from .database import is_sqlite
+from .database import is_sqlite, is_write_conflict
 from .session import Session, storable_text
-from .writes import MOVED_FROM
+from .writes import MAX_CONFLICT_RETRIES, MOVED_FROM
 
 if TYPE_CHECKING:
     from .crypto import Envelope, NoKeys
@@ -42,22 +42,6 @@ class SessionInfo:
     user_agent: str | None = None
     device: str | None = None
     ip: str | None = None
-
-
-#: How often ``revoke_user`` starts again after the server rolled it back.
-MAX_DEADLOCK_RETRIES = 4
-#: Driver error codes that roll back a whole transaction, which may simply run again:
-#: MySQL/MariaDB's deadlock, PostgreSQL's deadlock and serialization failure (the latter
-#: under REPEATABLE READ or SERIALIZABLE, where a row moved meanwhile cannot be followed).
-_RETRYABLE = {1213, "40P01", "40001"}
-
-
-def _retryable(exc: peewee.OperationalError) -> bool:
-    cause = getattr(exc, "orig", None)  # peewee keeps the driver's own error
-    code = getattr(cause, "pgcode", None)  # psycopg
-    if code is None and cause is not None and cause.args:
-        code = cause.args[0]  # PyMySQL: (errno, message)
-    return code in _RETRYABLE
 
 
 def _utc(ms: int) -> datetime:
@@ -235,13 +219,13 @@ class UserSessions:
 
         ``columns`` start with ``sid``, then ``user_id`` comes among them: only rows whose
         ``user_id`` is exactly ``owner`` reach ``choose`` (a MySQL table not yet upgraded
-        matches loosely). The transaction starts again when the server rolls it back
-        (MariaDB's deadlock with a concurrent move; PostgreSQL's serialization failure).
+        matches loosely). The transaction starts again when the server rolls it back for a
+        write conflict (:func:`~storedsession.database.is_write_conflict`).
         """
         model = self.model
         position = [c.name for c in columns].index("user_id")
         locking = not is_sqlite(self.database)
-        for tries in range(MAX_DEADLOCK_RETRIES + 1):
+        for tries in range(MAX_CONFLICT_RETRIES + 1):
             query = model.select(*columns).where(condition).tuples()  # not reusable
             try:
                 with self._transaction():
@@ -251,8 +235,10 @@ class UserSessions:
                     for handle in chosen:
                         self.database.execute_sql(self._sql.delete, (handle,))
                 return chosen
-            except peewee.OperationalError as exc:
-                if tries == MAX_DEADLOCK_RETRIES or not _retryable(exc):
+            except Exception as exc:
+                # The server rolled it back (MariaDB's deadlock with a concurrent move, a
+                # save on another Galera node, PostgreSQL's serialization failure).
+                if tries == MAX_CONFLICT_RETRIES or not is_write_conflict(exc):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -23,7 +23,7 @@ import peewee
 from . import devices, ids, serialization, signals
 from .aio import offload
 from .crypto import DecryptionFailed
-from .database import is_sqlite
+from .database import is_sqlite, is_write_conflict
 from .exceptions import SessionInterrupted, SessionTooLarge, StoreUnavailable
 from .merge import reapply
 from .session import Session
@@ -41,6 +41,8 @@ MOVED_FROM = "moved_from"
 
 #: How often a save re-reads and re-applies its changes after losing a race.
 MAX_CONFLICT_RETRIES = 16
+#: Seconds after which a save stops retrying a write conflict the database reported.
+MAX_CONFLICT_SECONDS = 10.0
 #: How often a freshly drawn id is redrawn when it is taken (never, in practice).
 MAX_ID_DRAWS = 4
 
@@ -52,6 +54,16 @@ class Outcome(Enum):
     TOUCHED = "touched"  #: "last seen" moved; refresh the cookie
     WRITTEN = "written"  #: inserted or updated; send the cookie
     DELETED = "deleted"  #: the session is gone; send a deletion cookie
+
+
+#: Everything a save may change in a session: what a rolled-back attempt puts back.
+_SESSION_STATE = Session.__slots__
+
+
+def _restore(session: Session, kept: list[Any] | None) -> None:
+    if kept is not None:
+        for name, value in zip(_SESSION_STATE, kept, strict=True):
+            setattr(session, name, value)
 
 
 class _Conflict(Exception):
@@ -195,26 +207,57 @@ class SessionWrites:
             signals.session_write.send(self, sid=handle)
 
     def _write(
-        self, session: Session, plaintext: bytes, attempt: Callable[[Session, bytes], None]
+        self,
+        session: Session,
+        plaintext: bytes,
+        attempt: Callable[[Session, bytes], None],
     ) -> None:
+        """Write with ``attempt``; after losing a race, re-read, re-apply and try again.
+
+        A race is lost when a versioned statement matches no row (another request saved
+        first), or when the database reports a write conflict (:func:`is_write_conflict`:
+        Galera reports a transaction that failed certification at COMMIT as a deadlock).
+        The first attempt is one statement; a retry runs in a transaction that fails
+        leaves ``session`` as this request left it, so that no retry mistakes a write
+        that was rolled back for one that landed.
+        """
         with self._connection():
             self._check_packet()
+            kept: list[Any] | None = None
+            started = time.monotonic()
             try:
-                attempt(session, plaintext)
-                return
-            except _Conflict:
-                pass
-            # Lost a race: re-read and re-apply under a row lock, so that no other writer
-            # can move the version before this one writes (optimistic retries alone
-            # starve a request when several write the same session at once).
-            for tries in range(MAX_CONFLICT_RETRIES):
-                try:
-                    with self._transaction():
-                        plaintext = self._merge_latest(session, lock=True)
-                        attempt(session, plaintext)
-                    return
-                except _Conflict:
-                    time.sleep(random.uniform(0, 0.002 * (tries + 1)))  # noqa: S311 - jitter
+                for tries in range(MAX_CONFLICT_RETRIES + 1):
+                    try:
+                        if tries == 0:
+                            attempt(session, plaintext)  # one statement: nothing to undo
+                            return
+                        if kept is None:
+                            kept = [getattr(session, name) for name in _SESSION_STATE]
+                        # Re-read and re-apply under a row lock, so that no other writer on
+                        # this server can move the version before this one writes
+                        # (optimistic retries alone starve a request when several write
+                        # the same session at once). Galera's lock is the node's own:
+                        # another node's write shows as a write conflict.
+                        with self._transaction():
+                            if tries:
+                                plaintext = self._merge_latest(session, lock=True)
+                            attempt(session, plaintext)
+                        return
+                    except _Conflict:
+                        pass
+                    except Exception as exc:
+                        # A lock wait that timed out took its full timeout: retried only
+                        # if the server's timeout is short.
+                        if not is_write_conflict(exc) or (
+                            time.monotonic() - started > MAX_CONFLICT_SECONDS
+                        ):
+                            raise
+                    _restore(session, kept)
+                    if tries:
+                        time.sleep(random.uniform(0, 0.002 * tries))  # noqa: S311 - jitter
+            except BaseException:
+                _restore(session, kept)
+                raise
         raise StoreUnavailable(
             "The session kept changing under this request and could not be saved; try again."
         )
