@@ -29,7 +29,11 @@ class Statements:
     touch: str
     delete: str
     delete_version: str
+    #: One batch of expiry, run with (cutoff, limit, cutoff); on MySQL the ids of one
+    #: batch, selected with (cutoff, limit) and deleted by ``expire_listed``.
     expire_batch: str
+    #: MySQL only: ``expire_listed + " (%s, …)"`` deletes the listed ids, with (cutoff, *ids).
+    expire_listed: str | None
     count_expired: str
 
     @classmethod
@@ -42,13 +46,25 @@ class Statements:
         # NOTHING reports a collision as 0 rows instead. MySQL has no such clause that
         # ignores only duplicates (INSERT IGNORE also hides truncation): it raises.
         conflict = "" if mysql else " ON CONFLICT DO NOTHING"
+        # Oldest first, through the index on the expiry time. The outer test of the expiry
+        # is not redundant: a row that a live request touched after the batch chose it
+        # (while the DELETE waited for its lock) is re-checked at its new expiry and kept.
+        chosen = f"FROM {t} WHERE expires_at <= {p} ORDER BY expires_at LIMIT {p}"
+        listed = None
         if mysql:
-            # MySQL cannot LIMIT a subquery of IN, but can LIMIT a DELETE.
-            expire = f"DELETE FROM {t} WHERE expires_at <= {p} ORDER BY expires_at LIMIT {p}"
+            # A locking DELETE ... ORDER BY ... LIMIT on InnoDB locks every index entry it
+            # reads, live rows past the cutoff included (a deadlock with live saves and
+            # other sweeps): read the ids without locks, delete them by primary key.
+            expire = f"SELECT sid {chosen}"
+            listed = f"DELETE FROM {t} WHERE expires_at <= {p} AND sid IN"
+        elif is_sqlite(database):
+            expire = f"DELETE FROM {t} WHERE sid IN (SELECT sid {chosen}) AND expires_at <= {p}"
         else:
+            # By physical row address: no second lookup through the primary key index,
+            # which costs PostgreSQL more than the deletion itself.
             expire = (
-                f"DELETE FROM {t} WHERE sid IN (SELECT sid FROM {t} "
-                f"WHERE expires_at <= {p} LIMIT {p})"
+                f"DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid {chosen})) "
+                f"AND expires_at <= {p}"
             )
         return cls(
             select=f"SELECT {COLUMNS} FROM {t} WHERE sid = {p}",
@@ -77,5 +93,6 @@ class Statements:
             delete=f"DELETE FROM {t} WHERE sid = {p}",
             delete_version=f"DELETE FROM {t} WHERE sid = {p} AND version = {p}",
             expire_batch=expire,
+            expire_listed=listed,
             count_expired=f"SELECT COUNT(*) FROM {t} WHERE expires_at <= {p}",
         )

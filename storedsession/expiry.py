@@ -1,0 +1,170 @@
+"""Expiry sweeps: delete expired rows in short batches, as fast as the database allows.
+
+Each batch is one short statement, sized to take about :data:`BATCH_SECONDS`
+(:data:`SQLITE_BATCH_SECONDS` on SQLite, whose one writer makes every live write wait for
+it), so that no sweep holds locks for long and no fixed pause wastes the time between
+batches. A sweep beside heavy traffic can be given a share of wall time (``max_load``)
+and a deadline (``max_seconds``). A batch that meets a deadlock or a lock wait timeout
+(another sweep, a live save) is retried after a short jittered back-off.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from time import monotonic, sleep
+from typing import NamedTuple
+
+import peewee
+
+from .database import is_sqlite
+from .sql import Statements
+
+#: A batch's time budget on a database server: long enough to amortise a round trip and a
+#: commit, short enough that no statement holds its row locks for long.
+BATCH_SECONDS = 0.01
+#: The budget on SQLite, where every live write waits for the batch to finish.
+SQLITE_BATCH_SECONDS = 0.002
+#: The default upper bound of a batch, in rows: far below what a Galera cluster replicates
+#: as one write set (``wsrep_max_ws_rows``, ``wsrep_max_ws_size``).
+MAX_BATCH = 5000
+#: The size of the first batch, before any timing is known.
+FIRST_BATCH = 100
+#: The smallest batch the sizing goes down to: a batch slower than its budget even at this
+#: size is slow for a fixed cost (a commit's flush, a busy server), which smaller batches
+#: would only pay more often.
+MIN_BATCH = 20
+#: How often one batch is tried when it meets a deadlock or a lock wait timeout.
+RETRIES = 12
+#: Back-off before the n-th retry: uniform in [0, min(RETRY_CAP, RETRY_BASE * 2**n)].
+RETRY_BASE = 0.01
+RETRY_CAP = 1.0
+
+#: MySQL/MariaDB error codes a retry can get past: deadlock, lock wait timeout.
+_MYSQL_TRANSIENT = frozenset({1213, 1205})
+#: PostgreSQL SQLSTATEs a retry can get past: serialization failure, deadlock detected,
+#: lock not available (``lock_timeout``).
+_POSTGRES_TRANSIENT = frozenset({"40001", "40P01", "55P03"})
+
+
+class SweepResult(NamedTuple):
+    """What a sweep did: how many rows it deleted, and whether it reached the end."""
+
+    removed: int
+    finished: bool
+
+
+def check_options(batch_size: int, max_load: float, max_seconds: float | None) -> None:
+    """Raise ``ValueError`` for options no sweep can follow."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError("batch_size must be a positive whole number.")
+    if not _number(max_load) or not 0 < max_load <= 1:
+        raise ValueError("max_load must be a number in (0, 1]: the share of time spent deleting.")
+    if max_seconds is not None and (not _number(max_seconds) or max_seconds <= 0):
+        raise ValueError("max_seconds must be a positive number of seconds, or None.")
+
+
+def _number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
+
+
+def sweep(
+    database: peewee.Database,
+    sql: Statements,
+    cutoff: int,
+    *,
+    batch_size: int = MAX_BATCH,
+    max_load: float = 1.0,
+    max_seconds: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SweepResult:
+    """Delete the rows that expired at ``cutoff`` (epoch ms) in batches; report what it did.
+
+    The caller holds the connection. Batches aim at the database's time budget, growing
+    and shrinking between :data:`MIN_BATCH` and ``batch_size`` rows. With ``max_load``
+    below 1, a batch that took ``t`` seconds is followed by ``t * (1 - max_load) /
+    max_load`` seconds of rest. With ``max_seconds``, no batch starts after that long.
+    """
+    check_options(batch_size, max_load, max_seconds)
+    budget = SQLITE_BATCH_SECONDS if is_sqlite(database) else BATCH_SECONDS
+    started = monotonic()
+    deadline = None if max_seconds is None else started + max_seconds
+    rest = (1 - max_load) / max_load
+    smallest = min(MIN_BATCH, batch_size)
+    size = min(FIRST_BATCH, batch_size)
+    total = 0
+    while True:
+        outcome = _batch_with_retries(database, sql, cutoff, size, deadline)
+        if outcome is None:  # the deadline passed while a retry waited
+            return SweepResult(total, False)
+        deleted, took = outcome
+        if deleted <= 0:
+            return SweepResult(total, True)
+        total += deleted
+        if progress is not None:
+            progress(deleted)
+        # Aim the next batch at the budget from this one's pace, at most doubling it.
+        aimed = deleted * budget / took if took > 0 else 2 * size
+        size = max(smallest, min(batch_size, 2 * size, round(aimed)))
+        if rest:
+            pause = took * rest
+            if deadline is not None:
+                pause = min(pause, deadline - monotonic())
+            if pause > 0:
+                sleep(pause)
+        if deadline is not None and monotonic() >= deadline:
+            return SweepResult(total, False)
+
+
+def _batch_with_retries(
+    database: peewee.Database, sql: Statements, cutoff: int, size: int, deadline: float | None
+) -> tuple[int, float] | None:
+    """Run one batch; return the rows it deleted and the seconds it took.
+
+    Return ``None`` when the deadline passed while waiting to retry.
+    """
+    for attempt in range(RETRIES):
+        started = monotonic()
+        try:
+            deleted = _batch(database, sql, cutoff, size)
+        except peewee.DatabaseError as exc:
+            # Inside the caller's transaction, the server has rolled back more than this
+            # batch: only the caller can decide what to do.
+            if attempt == RETRIES - 1 or not transient(exc) or database.in_transaction():
+                raise
+            wait = random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2**attempt))  # noqa: S311
+            if deadline is not None and monotonic() + wait >= deadline:
+                return None
+            sleep(wait)
+            continue
+        return deleted, monotonic() - started
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _batch(database: peewee.Database, sql: Statements, cutoff: int, size: int) -> int:
+    if sql.expire_listed is None:
+        return int(database.execute_sql(sql.expire_batch, (cutoff, size, cutoff)).rowcount)
+    # MySQL: read the ids without locking anything, then delete those rows by their
+    # primary key, locking only them (see Statements.build).
+    ids = [row[0] for row in database.execute_sql(sql.expire_batch, (cutoff, size)).fetchall()]
+    if not ids:
+        return 0
+    placeholders = ", ".join([database.param] * len(ids))
+    statement = f"{sql.expire_listed} ({placeholders})"
+    return int(database.execute_sql(statement, (cutoff, *ids)).rowcount)
+
+
+def transient(exc: BaseException) -> bool:
+    """Tell whether a database error is a deadlock or lock timeout that a retry can pass."""
+    cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+    cause = cause or exc.__cause__ or exc.__context__
+    if cause is None:
+        return False
+    code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
+    if code is not None:
+        return code in _POSTGRES_TRANSIENT
+    args: tuple[object, ...] = getattr(cause, "args", ())
+    return bool(args) and args[0] in _MYSQL_TRANSIENT
