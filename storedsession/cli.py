@@ -19,6 +19,7 @@ code meaning
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -184,6 +185,14 @@ def init(target: Target) -> None:
         click.echo(f"Created the session table {store.table_name!r}.")
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # click's FloatRange lets "nan" through (every comparison with it is false), and an
+    # infinite value is no limit at all.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number.")
+    return value
+
+
 @click.command(cls=_Command)
 @database_options
 @click.option(
@@ -200,12 +209,14 @@ def init(target: Target) -> None:
     type=click.FloatRange(min=0, max=1, min_open=True),
     default=1.0,
     show_default=True,
+    callback=_finite,
     help="The share of wall time spent deleting, in (0, 1]: 0.5 rests as long as it works.",
 )
 @click.option(
     "--max-seconds",
     metavar="N",
     type=click.FloatRange(min=0, min_open=True),
+    callback=_finite,
     help="Stop after about N seconds, leaving the rest for the next run.",
 )
 @pass_target
