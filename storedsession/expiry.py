@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from time import monotonic, sleep
 from typing import NamedTuple
 
@@ -35,6 +37,12 @@ FIRST_BATCH = 100
 #: size is slow for a fixed cost (a commit's flush, a busy server), which smaller batches
 #: would only pay more often.
 MIN_BATCH = 20
+#: How many recent batches the pace is the median of.
+PACE_WINDOW = 5
+#: MySQL: walk the table in primary key order when at least this share of its rows
+#: (as the server estimates them) has expired, and at least WALK_MIN_ROWS.
+WALK_SHARE = 0.1
+WALK_MIN_ROWS = 10_000
 #: How often one batch is tried when it meets a deadlock or a lock wait timeout.
 RETRIES = 12
 #: Back-off before the n-th retry: uniform in [0, min(RETRY_CAP, RETRY_BASE * 2**n)].
@@ -89,50 +97,145 @@ def sweep(
     max_load`` seconds of rest. With ``max_seconds``, no batch starts after that long.
     """
     check_options(batch_size, max_load, max_seconds)
-    budget = SQLITE_BATCH_SECONDS if is_sqlite(database) else BATCH_SECONDS
     started = monotonic()
     deadline = None if max_seconds is None else started + max_seconds
     rest = (1 - max_load) / max_load
-    smallest = min(MIN_BATCH, batch_size)
-    size = min(FIRST_BATCH, batch_size)
+    batches = _Batches(database, sql, cutoff)
+    sizing = _Sizing(batches.budget, batch_size)
     total = 0
-    while True:
-        outcome = _batch_with_retries(database, sql, cutoff, size, deadline)
-        if outcome is None:  # the deadline passed while a retry waited
-            return SweepResult(total, False)
-        deleted, took = outcome
+    with batches.checkpoints():
+        while True:
+            outcome = _with_retries(batches, sizing.size, deadline)
+            if outcome is None:  # the deadline passed while a retry waited
+                return SweepResult(total, False)
+            deleted, more, took = outcome
+            if not more:
+                return SweepResult(total, True)
+            total += deleted
+            if progress is not None and deleted:
+                progress(deleted)
+            sizing.observe(deleted, took)
+            if rest:
+                pause = took * rest
+                if deadline is not None:
+                    pause = min(pause, deadline - monotonic())
+                if pause > 0:
+                    sleep(pause)
+            if deadline is not None and monotonic() >= deadline:
+                return SweepResult(total, False)
+
+
+class _Sizing:
+    """The next batch's size: the recent pace times the time budget.
+
+    The pace is the median of the last few batches, so that one slow batch (a checkpoint,
+    a page flush) does not shrink the next ones, while a lasting slowdown (locks held by
+    live traffic) does within a few batches. A batch at most doubles the one before.
+    """
+
+    __slots__ = ("budget", "largest", "paces", "size", "smallest")
+
+    def __init__(self, budget: float, largest: int) -> None:
+        self.budget, self.largest = budget, largest
+        self.smallest = min(MIN_BATCH, largest)
+        self.size = min(FIRST_BATCH, largest)
+        self.paces: list[float] = []
+
+    def observe(self, deleted: int, took: float) -> None:
+        """Account for a batch that deleted ``deleted`` rows in ``took`` seconds."""
         if deleted <= 0:
-            return SweepResult(total, True)
-        total += deleted
-        if progress is not None:
-            progress(deleted)
-        # Aim the next batch at the budget from this one's pace, at most doubling it.
-        aimed = deleted * budget / took if took > 0 else 2 * size
-        size = max(smallest, min(batch_size, 2 * size, round(aimed)))
-        if rest:
-            pause = took * rest
-            if deadline is not None:
-                pause = min(pause, deadline - monotonic())
-            if pause > 0:
-                sleep(pause)
-        if deadline is not None and monotonic() >= deadline:
-            return SweepResult(total, False)
+            return
+        self.paces = [*self.paces[-(PACE_WINDOW - 1) :], deleted / took if took > 0 else math.inf]
+        aimed = statistics.median(self.paces) * self.budget
+        self.size = max(self.smallest, min(self.largest, 2 * self.size, _round(aimed)))
 
 
-def _batch_with_retries(
-    database: peewee.Database, sql: Statements, cutoff: int, size: int, deadline: float | None
-) -> tuple[int, float] | None:
-    """Run one batch; return the rows it deleted and the seconds it took.
+def _round(value: float) -> int:
+    return round(value) if math.isfinite(value) else 2**31
+
+
+class _Batches:
+    """One database's way of deleting a batch, and where the sweep has got to."""
+
+    def __init__(self, database: peewee.Database, sql: Statements, cutoff: int) -> None:
+        self.database, self.sql, self.cutoff = database, sql, cutoff
+        self.budget = SQLITE_BATCH_SECONDS if is_sqlite(database) else BATCH_SECONDS
+        self.after: str | None = "" if self._mostly_expired() else None  # the walk's place
+
+    def _mostly_expired(self) -> bool:
+        sql = self.sql
+        if sql.expire_walk is None or sql.expire_probe is None or sql.table_rows is None:
+            return False
+        row = self.database.execute_sql(sql.table_rows).fetchone()
+        estimate = int(row[0] or 0) if row else 0
+        enough = max(WALK_MIN_ROWS, int(estimate * WALK_SHARE))
+        probe = self.database.execute_sql(sql.expire_probe, (self.cutoff, enough)).fetchone()
+        return int(probe[0]) >= enough
+
+    def __call__(self, size: int) -> tuple[int, bool]:
+        """Delete one batch of at most ``size`` rows; return how many, and whether to go on."""
+        database, sql, cutoff = self.database, self.sql, self.cutoff
+        if sql.expire_listed is None:
+            deleted = int(database.execute_sql(sql.expire_batch, (cutoff, size, cutoff)).rowcount)
+            return deleted, deleted > 0
+        # MySQL: read the ids without locking anything, then delete those rows by their
+        # primary key, locking only them (see Statements.build).
+        if self.after is None:
+            rows = database.execute_sql(sql.expire_batch, (cutoff, size)).fetchall()
+        else:
+            assert sql.expire_walk is not None
+            rows = database.execute_sql(sql.expire_walk, (self.after, cutoff, size)).fetchall()
+        if not rows:
+            return 0, False
+        ids = [row[0] for row in rows]
+        placeholders = ", ".join([database.param] * len(ids))
+        statement = f"{sql.expire_listed} ({placeholders})"
+        deleted = int(database.execute_sql(statement, (cutoff, *ids)).rowcount)
+        if self.after is None:
+            return deleted, deleted > 0
+        self.after = ids[-1]  # the walk goes on past rows another sweep took
+        return deleted, True
+
+    @contextmanager
+    def checkpoints(self) -> Iterator[None]:
+        """On SQLite, make the sweep's own commits copy the log back into the database.
+
+        SQLite checkpoints at the commit that finds its write-ahead log over a threshold
+        (1000 pages by default). A sweep writes many pages: with half that threshold on
+        its own connection, its commits reach it first, so that live writes do not pay
+        for checkpoints. The setting is restored afterwards (the connection may be the
+        application's).
+        """
+        if not is_sqlite(self.database):
+            yield
+            return
+        row = self.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()
+        before = int(row[0]) if row else 0
+        if before <= 1:  # turned off: the application checkpoints on its own terms
+            yield
+            return
+        self.database.execute_sql(f"PRAGMA wal_autocheckpoint = {before // 2}")
+        try:
+            yield
+        finally:
+            self.database.execute_sql(f"PRAGMA wal_autocheckpoint = {before}")
+
+
+def _with_retries(
+    batches: _Batches, size: int, deadline: float | None
+) -> tuple[int, bool, float] | None:
+    """Run one batch: return the rows it deleted, whether to go on, and the seconds it took.
 
     Return ``None`` when the deadline passed while waiting to retry.
     """
     for attempt in range(RETRIES):
         started = monotonic()
         try:
-            deleted = _batch(database, sql, cutoff, size)
+            deleted, more = batches(size)
         except peewee.DatabaseError as exc:
             # Inside the caller's transaction, the server has rolled back more than this
             # batch: only the caller can decide what to do.
+            database = batches.database
             if attempt == RETRIES - 1 or not transient(exc) or database.in_transaction():
                 raise
             wait = random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2**attempt))  # noqa: S311
@@ -140,21 +243,8 @@ def _batch_with_retries(
                 return None
             sleep(wait)
             continue
-        return deleted, monotonic() - started
+        return deleted, more, monotonic() - started
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _batch(database: peewee.Database, sql: Statements, cutoff: int, size: int) -> int:
-    if sql.expire_listed is None:
-        return int(database.execute_sql(sql.expire_batch, (cutoff, size, cutoff)).rowcount)
-    # MySQL: read the ids without locking anything, then delete those rows by their
-    # primary key, locking only them (see Statements.build).
-    ids = [row[0] for row in database.execute_sql(sql.expire_batch, (cutoff, size)).fetchall()]
-    if not ids:
-        return 0
-    placeholders = ", ".join([database.param] * len(ids))
-    statement = f"{sql.expire_listed} ({placeholders})"
-    return int(database.execute_sql(statement, (cutoff, *ids)).rowcount)
 
 
 def transient(exc: BaseException) -> bool:

@@ -34,6 +34,12 @@ class Statements:
     expire_batch: str
     #: MySQL only: ``expire_listed + " (%s, …)"`` deletes the listed ids, with (cutoff, *ids).
     expire_listed: str | None
+    #: MySQL only: the ids of one batch in primary key order, with (after, cutoff, limit).
+    expire_walk: str | None
+    #: MySQL only: how many rows have expired, counting up to a limit (cutoff, limit).
+    expire_probe: str | None
+    #: MySQL only: the server's estimate of the table's rows.
+    table_rows: str | None
     count_expired: str
 
     @classmethod
@@ -50,13 +56,28 @@ class Statements:
         # is not redundant: a row that a live request touched after the batch chose it
         # (while the DELETE waited for its lock) is re-checked at its new expiry and kept.
         chosen = f"FROM {t} WHERE expires_at <= {p} ORDER BY expires_at LIMIT {p}"
-        listed = None
+        listed = walk = probe = table_rows = None
         if mysql:
             # A locking DELETE ... ORDER BY ... LIMIT on InnoDB locks every index entry it
             # reads, live rows past the cutoff included (a deadlock with live saves and
             # other sweeps): read the ids without locks, delete them by primary key.
             expire = f"SELECT sid {chosen}"
             listed = f"DELETE FROM {t} WHERE expires_at <= {p} AND sid IN"
+            # InnoDB keeps rows in primary key order, and ids are random: when much of the
+            # table has expired, walking it in that order reads each page once, where the
+            # expiry order reads a page for nearly every row.
+            walk = (
+                f"SELECT sid FROM {t} FORCE INDEX (PRIMARY) WHERE sid > {p} "
+                f"AND expires_at <= {p} ORDER BY sid LIMIT {p}"
+            )
+            probe = (
+                f"SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE expires_at <= {p} "
+                f"LIMIT {p}) AS expired"
+            )
+            table_rows = (
+                "SELECT TABLE_ROWS FROM information_schema.TABLES "
+                f"WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{table_name}'"
+            )
         elif is_sqlite(database):
             expire = f"DELETE FROM {t} WHERE sid IN (SELECT sid {chosen}) AND expires_at <= {p}"
         else:
@@ -94,5 +115,8 @@ class Statements:
             delete_version=f"DELETE FROM {t} WHERE sid = {p} AND version = {p}",
             expire_batch=expire,
             expire_listed=listed,
+            expire_walk=walk,
+            expire_probe=probe,
+            table_rows=table_rows,
             count_expired=f"SELECT COUNT(*) FROM {t} WHERE expires_at <= {p}",
         )

@@ -208,7 +208,7 @@ class FakeTimer:
 
     def hook(self, event: Any) -> None:
         params = event.params or ()
-        if "LIMIT" in event.sql and len(params) > 1 and isinstance(params[1], int):
+        if "ORDER BY expires_at LIMIT" in event.sql:
             # The batch statement (MySQL: the one that picks the ids), whose LIMIT is its
             # second parameter on every dialect.
             took = self.fixed + self.per_row * params[1]
@@ -274,14 +274,15 @@ def test_batches_grow_to_their_time_budget_up_to_batch_size(make_store, clock, t
 
 def test_a_fixed_cost_per_batch_never_shrinks_batches_to_nothing(make_store, clock, timer):
     store = make_store()
-    add_expired(store, 255, clock)
+    add_expired(store, 400, clock)
     # Each statement takes twice the budget whatever its size (a slow commit): batches
-    # halve, but not below MIN_BATCH, for smaller ones would only pay that cost more often.
+    # shrink, but not below MIN_BATCH, for smaller ones would only pay that cost more often.
     timer.fixed = 2 * budget(store)
     store.database.query_hooks.append(timer.hook)
     batches: list[int] = []
-    assert store.expire(progress=batches.append) == 255
-    assert batches == [100, 50, 25, 20, 20, 20, 20]
+    assert store.expire(progress=batches.append) == 400
+    assert batches[:2] == [100, 50] and batches == sorted(batches, reverse=True)
+    assert batches[-4:-1] == [expiry.MIN_BATCH] * 3
 
 
 @pytest.mark.parametrize("load", [0.5, 0.25, 0.1])
@@ -431,3 +432,49 @@ def test_a_deadlock_is_retried_not_fatal(make_store, clock, backend) -> None:
     assert any(expiry.transient(exc) for exc in failures), failures  # it did deadlock
     assert result == [2]
     assert sorted(row[0] for row in fetch_rows(store)) == sorted(live)
+
+
+@pytest.mark.parametrize("backend", ["mysql"])
+def test_a_mostly_expired_innodb_table_is_walked_in_key_order(
+    make_store, clock, monkeypatch, count_queries
+) -> None:
+    monkeypatch.setattr(expiry, "WALK_MIN_ROWS", 50)
+    store = make_store(idle_timeout=600)
+    add_expired(store, 300, clock)
+    live = [ids.handle_for(stored(store)) for _ in range(20)]
+    with store.connected():
+        store.database.execute_sql(f"ANALYZE TABLE `{store.table_name}`").fetchall()
+    batches: list[int] = []
+    with count_queries(store) as queries:
+        assert store.expire(batch_size=40, progress=batches.append) == 300
+    assert any("FORCE INDEX (PRIMARY)" in sql for sql in queries.statements)
+    assert sum(batches) == 300 and max(batches) <= 40
+    assert sorted(row[0] for row in fetch_rows(store)) == sorted(live)
+    # Few expired among many live rows: by expiry, through its index.
+    add_expired(store, 30, clock)
+    add_live = [ids.handle_for(stored(store)) for _ in range(300)]
+    with store.connected():
+        store.database.execute_sql(f"ANALYZE TABLE `{store.table_name}`").fetchall()
+    with count_queries(store) as queries:
+        assert store.expire() == 30
+    assert not any("FORCE INDEX" in sql for sql in queries.statements)
+    assert len(fetch_rows(store)) == len(live) + len(add_live)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_sweeps_checkpoint_on_their_own_commits_then_restore(store, clock) -> None:
+    add_expired(store, 50, clock)
+    setting = "PRAGMA wal_autocheckpoint"
+    seen: list[int] = []
+
+    def during_deletes(event: Any) -> None:
+        if event.sql.startswith("DELETE"):
+            seen.append(store.database.execute_sql(setting).fetchone()[0])
+
+    with store.connected():
+        assert store.database.execute_sql(setting).fetchone()[0] == 1000
+        store.database.query_hooks.append(during_deletes)
+        assert store.expire() == 50
+        store.database.query_hooks.clear()
+        assert seen and set(seen) == {500}  # the sweep's commits reach the threshold first
+        assert store.database.execute_sql(setting).fetchone()[0] == 1000  # restored
