@@ -43,6 +43,8 @@ PACE_WINDOW = 5
 #: (as the server estimates them) has expired, and at least WALK_MIN_ROWS.
 WALK_SHARE = 0.1
 WALK_MIN_ROWS = 10_000
+#: How many batches in a row may delete nothing while expired rows are still there.
+IDLE_BATCHES = 10
 #: How often one batch is tried when it meets a deadlock or a lock wait timeout.
 RETRIES = 12
 #: Back-off before the n-th retry: uniform in [0, min(RETRY_CAP, RETRY_BASE * 2**n)].
@@ -91,10 +93,12 @@ def sweep(
 ) -> SweepResult:
     """Delete the rows that expired at ``cutoff`` (epoch ms) in batches; report what it did.
 
-    The caller holds the connection. Batches aim at the database's time budget, growing
-    and shrinking between :data:`MIN_BATCH` and ``batch_size`` rows. With ``max_load``
-    below 1, a batch that took ``t`` seconds is followed by ``t * (1 - max_load) /
-    max_load`` seconds of rest. With ``max_seconds``, no batch starts after that long.
+    The caller holds the connection. Batches aim at the database's time budget (on MySQL,
+    the budget of the DELETE that holds the locks, not of the lock-free read that finds
+    the rows), growing and shrinking between :data:`MIN_BATCH` and ``batch_size`` rows.
+    With ``max_load`` below 1, a batch that took ``t`` seconds is followed by ``t * (1 -
+    max_load) / max_load`` seconds of rest. With ``max_seconds``, no batch starts after
+    that long.
     """
     check_options(batch_size, max_load, max_seconds)
     started = monotonic()
@@ -114,7 +118,7 @@ def sweep(
             total += deleted
             if progress is not None and deleted:
                 progress(deleted)
-            sizing.observe(deleted, took)
+            sizing.observe(deleted, batches.held if batches.held is not None else took)
             if rest:
                 pause = took * rest
                 if deadline is not None:
@@ -161,6 +165,11 @@ class _Batches:
         self.database, self.sql, self.cutoff = database, sql, cutoff
         self.budget = SQLITE_BATCH_SECONDS if is_sqlite(database) else BATCH_SECONDS
         self.after: str | None = "" if self._mostly_expired() else None  # the walk's place
+        #: MySQL: how long the last batch's DELETE held its locks. Its first step, a read
+        #: without locks, is work (for ``max_load``) but holds nothing up: the time
+        #: budget is the DELETE's alone.
+        self.held: float | None = None
+        self.idle = 0  # batches in a row that deleted nothing
 
     def _mostly_expired(self) -> bool:
         sql = self.sql
@@ -177,7 +186,15 @@ class _Batches:
         database, sql, cutoff = self.database, self.sql, self.cutoff
         if sql.expire_listed is None:
             deleted = int(database.execute_sql(sql.expire_batch, (cutoff, size, cutoff)).rowcount)
-            return deleted, deleted > 0
+            if deleted > 0:
+                self.idle = 0
+                return deleted, True
+            # PostgreSQL passes over a row that another transaction changed while the
+            # batch ran (its new version has another address), or that another sweep
+            # deleted: go on while expired rows are left, but not forever.
+            self.idle += 1
+            left = database.execute_sql(sql.expire_left, (cutoff,)).fetchone() is not None
+            return 0, left and self.idle < IDLE_BATCHES
         # MySQL: read the ids without locking anything, then delete those rows by their
         # primary key, locking only them (see Statements.build).
         if self.after is None:
@@ -190,10 +207,13 @@ class _Batches:
         ids = [row[0] for row in rows]
         placeholders = ", ".join([database.param] * len(ids))
         statement = f"{sql.expire_listed} ({placeholders})"
+        started = monotonic()
         deleted = int(database.execute_sql(statement, (cutoff, *ids)).rowcount)
-        if self.after is None:
-            return deleted, deleted > 0
-        self.after = ids[-1]  # the walk goes on past rows another sweep took
+        self.held = monotonic() - started
+        if self.after is not None:
+            self.after = ids[-1]
+        # Listed rows that were not deleted were taken by another sweep or refreshed by a
+        # request: the next read skips them either way.
         return deleted, True
 
     @contextmanager

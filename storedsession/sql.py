@@ -36,6 +36,9 @@ class Statements:
     expire_listed: str | None
     #: MySQL only: the ids of one batch in primary key order, with (after, cutoff, limit).
     expire_walk: str | None
+    #: Whether any row has expired (cutoff): a batch that deleted nothing may have met
+    #: only rows that changed while it ran.
+    expire_left: str
     #: MySQL only: how many rows have expired, counting up to a limit (cutoff, limit).
     expire_probe: str | None
     #: MySQL only: the server's estimate of the table's rows.
@@ -115,6 +118,7 @@ class Statements:
             delete_version=f"DELETE FROM {t} WHERE sid = {p} AND version = {p}",
             expire_batch=expire,
             expire_listed=listed,
+            expire_left=f"SELECT 1 FROM {t} WHERE expires_at <= {p} LIMIT 1",
             expire_walk=walk,
             expire_probe=probe,
             table_rows=table_rows,

@@ -188,9 +188,9 @@ def test_same_answer_in_any_timezone(make_store, clock, monkeypatch) -> None:
 
 
 class FakeTimer:
-    """The sweep's monotonic time: it moves only when a statement runs or the sweep rests.
+    """The sweep's monotonic time: it moves only when a batch deletes or the sweep rests.
 
-    A query hook makes every expiry statement take ``fixed + per_row * limit`` seconds.
+    A query hook makes every batch's DELETE take ``fixed + per_row * rows`` seconds.
     """
 
     def __init__(self, fixed: float = 0.0, per_row: float = 0.0) -> None:
@@ -207,13 +207,15 @@ class FakeTimer:
         self.now += seconds
 
     def hook(self, event: Any) -> None:
-        params = event.params or ()
-        if "ORDER BY expires_at LIMIT" in event.sql:
-            # The batch statement (MySQL: the one that picks the ids), whose LIMIT is its
-            # second parameter on every dialect.
-            took = self.fixed + self.per_row * params[1]
-            self.now += took
-            self.busy += took
+        sql, params = event.sql, event.params or ()
+        if not sql.startswith("DELETE") or "expires_at <=" not in sql:
+            return
+        # How many rows the batch asks for: its LIMIT (the second parameter) or, on MySQL,
+        # the ids it lists after the cutoff.
+        rows = params[1] if "LIMIT" in sql else len(params) - 1
+        took = self.fixed + self.per_row * rows
+        self.now += took
+        self.busy += took
 
 
 @pytest.fixture
@@ -319,10 +321,12 @@ def test_max_seconds_stops_cleanly_and_counts_what_it_removed(make_store, clock,
     assert store.sweep() == (800, True)
 
 
-def test_a_row_touched_while_the_sweep_waits_for_it_is_kept(make_store, clock, backend) -> None:
-    """A request that refreshes a session after a batch chose it wins over the batch."""
+@pytest.mark.parametrize("refresh", [True, False], ids=["refreshed", "rewritten"])
+def test_a_row_changed_while_the_sweep_waits_for_it(make_store, clock, backend, refresh) -> None:
+    """A request that refreshes a session after a batch chose it wins over the batch; a
+    change that leaves it expired (a key rotation) does not save it."""
     store = make_store(idle_timeout=600)
-    touched, doomed = ids.handle_for(stored(store)), ids.handle_for(stored(store))
+    changed, doomed = ids.handle_for(stored(store)), ids.handle_for(stored(store))
     clock.advance(601)
     other = _second_connection(store)
     table = store.database.quote[0] + store.table_name + store.database.quote[1]
@@ -330,11 +334,16 @@ def test_a_row_touched_while_the_sweep_waits_for_it_is_kept(make_store, clock, b
     result: list[Any] = []
     try:
         other.execute_sql("BEGIN IMMEDIATE" if backend == "sqlite" else "BEGIN")
-        # Another host, whose clock is behind, refreshes the session: it lives on.
-        other.execute_sql(
-            f"UPDATE {table} SET expires_at = {p} WHERE sid = {p}",
-            (store.now() + 600_000, touched),
-        )
+        if refresh:  # another host, whose clock is behind, refreshes the session
+            other.execute_sql(
+                f"UPDATE {table} SET expires_at = {p} WHERE sid = {p}",
+                (store.now() + 600_000, changed),
+            )
+        else:  # every expired row, so that a batch may find none it can delete
+            for handle in (changed, doomed):
+                other.execute_sql(
+                    f"UPDATE {table} SET version = version + 1 WHERE sid = {p}", (handle,)
+                )
         sweeper = threading.Thread(target=lambda: result.append(store.expire()))
         sweeper.start()
         _wait_until_blocked(other, backend, store.table_name)
@@ -342,8 +351,12 @@ def test_a_row_touched_while_the_sweep_waits_for_it_is_kept(make_store, clock, b
         sweeper.join(30)
     finally:
         other.close()
-    assert result == [1]
-    assert [row[0] for row in fetch_rows(store)] == [touched] != [doomed]
+    if refresh:
+        assert result == [1]
+        assert [row[0] for row in fetch_rows(store)] == [changed] != [doomed]
+    else:
+        assert result == [2]  # PostgreSQL: by a later batch, the first having passed them over
+        assert fetch_rows(store) == []
 
 
 def _second_connection(store: SessionStore) -> peewee.Database:
