@@ -20,6 +20,7 @@ code meaning
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ import click
 from . import __version__
 from .database import _describe, redact
 from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
+from .expiry import MAX_BATCH
 from .keys import KEYS_ENV, generate_key, parse_keys
 from .maintenance import Rotation, rotate_keys, stats
 from .models import DEFAULT_TABLE
@@ -47,11 +49,6 @@ from .store import SessionStore
 
 #: The environment variable ``--database`` falls back to.
 DATABASE_ENV = "STOREDSESSION_DATABASE_URL"
-#: Seconds between two batches of a sweep or a rotation, leaving room for live traffic.
-PAUSE = 0.05
-#: A sweep's time budget per batch: longer batches are halved, so that no DELETE holds
-#: the table's locks for long (SQLite has one writer at a time).
-BATCH_SECONDS = 0.01
 
 # Failures are reported once, as one line on stderr: without a handler, logging's
 # last-resort one would print the library's own record of the same failure above it.
@@ -230,32 +227,68 @@ def init(target: Target, upgrade: bool) -> None:
     click.echo("\n".join(lines))
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # click's FloatRange lets "nan" through (every comparison with it is false), and an
+    # infinite value is no limit at all.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number.")
+    return value
+
+
 @click.command(cls=_Command)
 @database_options
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=1000,
+    default=MAX_BATCH,
     show_default=True,
-    help="Sessions deleted per statement.",
+    help="At most this many sessions per statement (batches are sized to about 10 ms).",
 )
 @click.option("--dry-run", is_flag=True, help="Count the expired sessions; delete none.")
+@click.option(
+    "--max-load",
+    metavar="F",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=1.0,
+    show_default=True,
+    callback=_finite,
+    help="The share of wall time spent deleting, in (0, 1]: 0.5 rests as long as it works.",
+)
+@click.option(
+    "--max-seconds",
+    metavar="N",
+    type=click.FloatRange(min=0, min_open=True),
+    callback=_finite,
+    help="Stop after about N seconds, leaving the rest for the next run.",
+)
 @pass_target
-def expire(target: Target, batch_size: int, dry_run: bool) -> None:
+def expire(
+    target: Target, batch_size: int, dry_run: bool, max_load: float, max_seconds: float | None
+) -> None:
     """Delete expired sessions in batches and say how many. Needs no keys.
 
     Safe beside live traffic: sessions are chosen by their stored expiry against the
-    moment the sweep began, so a session used meanwhile stays.
+    moment the sweep began, so a session used meanwhile stays. Batches follow one another
+    at once unless --max-load asks for rest between them.
     """
     store = target.store()
     if dry_run:
         click.echo(f"Would expire {store.count_expired()} sessions.")
         return
     with _progress("Expiring sessions", store.count_expired) as progress:
-        count = store.expire(
-            batch_size, pause=PAUSE, batch_seconds=BATCH_SECONDS, progress=progress
+        result = store.sweep(
+            batch_size, max_load=max_load, max_seconds=max_seconds, progress=progress
         )
-    click.echo(f"Expired {count} sessions." if count else "No sessions to expire.")
+    if not result.finished:
+        click.echo(f"Expired {result.removed} sessions.")
+        click.echo(
+            f"Stopped at --max-seconds {max_seconds:g} after removing {result.removed} "
+            "sessions; the rest are left for the next run."
+        )
+    elif result.removed:
+        click.echo(f"Expired {result.removed} sessions.")
+    else:
+        click.echo("No sessions to expire.")
 
 
 cli.add_command(expire)

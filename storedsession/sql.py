@@ -29,7 +29,20 @@ class Statements:
     regenerate: str
     touch: str
     delete: str
+    #: One batch of expiry, run with (cutoff, limit, cutoff); on MySQL the ids of one
+    #: batch, selected with (cutoff, limit) and deleted by ``expire_listed``.
     expire_batch: str
+    #: MySQL only: ``expire_listed + " (%s, …)"`` deletes the listed ids, with (cutoff, *ids).
+    expire_listed: str | None
+    #: MySQL only: the ids of one batch in primary key order, with (after, cutoff, limit).
+    expire_walk: str | None
+    #: Whether any row has expired (cutoff): a batch that deleted nothing may have met
+    #: only rows that changed while it ran.
+    expire_left: str
+    #: MySQL only: how many rows have expired, counting up to a limit (cutoff, limit).
+    expire_probe: str | None
+    #: MySQL only: the server's estimate of the table's rows.
+    table_rows: str | None
     count_expired: str
 
     @classmethod
@@ -42,13 +55,40 @@ class Statements:
         # NOTHING reports a collision as 0 rows instead. MySQL has no such clause that
         # ignores only duplicates (INSERT IGNORE also hides truncation): it raises.
         conflict = "" if mysql else " ON CONFLICT DO NOTHING"
+        # Oldest first, through the index on the expiry time. The outer test of the expiry
+        # is not redundant: a row that a live request touched after the batch chose it
+        # (while the DELETE waited for its lock) is re-checked at its new expiry and kept.
+        chosen = f"FROM {t} WHERE expires_at <= {p} ORDER BY expires_at LIMIT {p}"
+        listed = walk = probe = table_rows = None
         if mysql:
-            # MySQL cannot LIMIT a subquery of IN, but can LIMIT a DELETE.
-            expire = f"DELETE FROM {t} WHERE expires_at <= {p} ORDER BY expires_at LIMIT {p}"
+            # A locking DELETE ... ORDER BY ... LIMIT on InnoDB locks every index entry it
+            # reads, live rows past the cutoff included (a deadlock with live saves and
+            # other sweeps): read the ids without locks, delete them by primary key.
+            expire = f"SELECT sid {chosen}"
+            listed = f"DELETE FROM {t} WHERE expires_at <= {p} AND sid IN"
+            # InnoDB keeps rows in primary key order, and ids are random: when much of the
+            # table has expired, walking it in that order reads each page once, where the
+            # expiry order reads a page for nearly every row.
+            walk = (
+                f"SELECT sid FROM {t} FORCE INDEX (PRIMARY) WHERE sid > {p} "
+                f"AND expires_at <= {p} ORDER BY sid LIMIT {p}"
+            )
+            probe = (
+                f"SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE expires_at <= {p} "
+                f"LIMIT {p}) AS expired"
+            )
+            table_rows = (
+                "SELECT TABLE_ROWS FROM information_schema.TABLES "
+                f"WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{table_name}'"
+            )
+        elif is_sqlite(database):
+            expire = f"DELETE FROM {t} WHERE sid IN (SELECT sid {chosen}) AND expires_at <= {p}"
         else:
+            # By physical row address: no second lookup through the primary key index,
+            # which costs PostgreSQL more than the deletion itself.
             expire = (
-                f"DELETE FROM {t} WHERE sid IN (SELECT sid FROM {t} "
-                f"WHERE expires_at <= {p} LIMIT {p})"
+                f"DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid {chosen})) "
+                f"AND expires_at <= {p}"
             )
         return cls(
             select=f"SELECT {COLUMNS} FROM {t} WHERE sid = {p}",
@@ -86,5 +126,10 @@ class Statements:
             touch=f"UPDATE {t} SET last_seen_at = {p}, expires_at = {p} WHERE sid = {p}",
             delete=f"DELETE FROM {t} WHERE sid = {p}",
             expire_batch=expire,
+            expire_listed=listed,
+            expire_left=f"SELECT 1 FROM {t} WHERE expires_at <= {p} LIMIT 1",
+            expire_walk=walk,
+            expire_probe=probe,
+            table_rows=table_rows,
             count_expired=f"SELECT COUNT(*) FROM {t} WHERE expires_at <= {p}",
         )

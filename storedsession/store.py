@@ -13,7 +13,7 @@ from typing import Any
 
 import peewee
 
-from . import ids, serialization, signals
+from . import expiry, ids, serialization, signals
 from .aio import offload
 from .crypto import OVERHEAD, DecryptionFailed, Envelope, NoKeys
 from .database import Connector, is_mysql, open_database
@@ -275,45 +275,50 @@ class SessionStore(SessionWrites, UserSessions):
 
     def expire(
         self,
-        batch_size: int = 1000,
+        batch_size: int = expiry.MAX_BATCH,
         *,
-        pause: float = 0.0,
-        batch_seconds: float | None = None,
+        max_load: float = 1.0,
+        max_seconds: float | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Delete expired sessions in batches of at most ``batch_size``; return how many.
+        """Delete expired sessions in short batches; return how many.
 
         Rows are chosen by their stored expiry through its index, against the time the
-        sweep began, so a session used during the sweep is never deleted. ``pause``
-        seconds pass between batches, leaving room for live traffic. With
-        ``batch_seconds``, a batch that took longer halves the next one and a batch that
-        took under a quarter of it doubles the next (up to ``batch_size``), so that no
-        statement holds the table's locks for long (SQLite writes one at a time).
+        sweep began, so a session used during the sweep is never deleted. Each batch is
+        sized to take about 10 ms (2 ms on SQLite), at most ``batch_size`` rows, and the
+        next starts at once: ``max_load`` (in (0, 1]) is the share of wall time spent
+        deleting, for a sweep beside heavy traffic; after ``max_seconds`` no new batch
+        starts, and the rest waits for the next sweep. A deadlock or lock wait timeout is
+        retried. ``progress`` is called with the size of each batch.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError("batch_size must be a positive whole number.")
+        return self.sweep(
+            batch_size, max_load=max_load, max_seconds=max_seconds, progress=progress
+        ).removed
+
+    def sweep(
+        self,
+        batch_size: int = expiry.MAX_BATCH,
+        *,
+        max_load: float = 1.0,
+        max_seconds: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> expiry.SweepResult:
+        """Like :meth:`expire`, and also tell whether it finished before ``max_seconds``."""
+        expiry.check_options(batch_size, max_load, max_seconds)
         cutoff = self.now()
-        total, size = 0, batch_size
         with self._connection():  # one connection for the sweep, not one per batch
-            while True:
-                started = time.monotonic()
-                deleted = self.database.execute_sql(self._sql.expire_batch, (cutoff, size)).rowcount
-                took = time.monotonic() - started
-                if deleted <= 0:
-                    break
-                total += deleted
-                if progress is not None:
-                    progress(deleted)
-                if batch_seconds:
-                    if took > batch_seconds:
-                        size = max(1, size // 2)
-                    elif took < batch_seconds / 4:
-                        size = min(batch_size, size * 2)
-                if pause:
-                    time.sleep(pause)
+            result = expiry.sweep(
+                self.database,
+                self._sql,
+                cutoff,
+                batch_size=batch_size,
+                max_load=max_load,
+                max_seconds=max_seconds,
+                progress=progress,
+            )
         if signals.sessions_expired.receivers:
-            signals.sessions_expired.send(self, count=total)
-        return total
+            signals.sessions_expired.send(self, count=result.removed)
+        return result
 
     def count_expired(self) -> int:
         """Return how many stored sessions :meth:`expire` would delete now."""

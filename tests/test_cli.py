@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pty
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -211,6 +213,69 @@ def test_expire_console_script_needs_no_keys(db, past, live) -> None:
         check=False,
     )
     assert (again.returncode, again.stdout) == (0, "No sessions to expire.\n")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--max-load", "0"],
+        ["--max-load", "1.5"],
+        ["--max-load", "-1"],
+        ["--max-load", "nan"],
+        ["--max-load", "half"],
+        ["--max-seconds", "0"],
+        ["--max-seconds", "-5"],
+        ["--max-seconds", "inf"],
+    ],
+    ids=" ".join,
+)
+def test_expire_refuses_a_max_load_or_max_seconds_out_of_range(db, past, option) -> None:
+    add(past, 1)
+    result = invoke("expire", *option, *db)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option[0]}'" in result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    assert len(handles(past)) == 1  # nothing deleted
+
+
+def test_expire_with_max_load_removes_the_same(db, past, live) -> None:
+    add(past, 3)
+    kept = {s.handle for s in add(live, 1)}
+    assert_ok(invoke("expire", "--max-load", "1", *db), "Expired 3 sessions.\n")
+    add(past, 2)
+    assert_ok(invoke("expire", "--max-load", "0.5", *db), "Expired 2 sessions.\n")
+    assert handles(live) == kept
+
+
+def test_expire_max_seconds_stops_cleanly_and_says_how_many(db, past, live) -> None:
+    add(past, 200)
+    kept = {s.handle for s in add(live, 1)}
+    # One row a batch, resting 499 times as long as each took: far more than 0.5 s.
+    started = time.monotonic()
+    done = script(
+        "storedsession-expire",
+        "--batch-size",
+        "1",
+        "--max-load",
+        "0.002",
+        "--max-seconds",
+        "0.5",
+        *db,
+    )
+    assert time.monotonic() - started < 30
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    first, second = done.stdout.splitlines()
+    found = re.fullmatch(r"Expired (\d+) sessions\.", first)
+    assert found, done.stdout
+    removed = int(found.group(1))
+    assert 0 < removed < 200
+    assert second == (
+        f"Stopped at --max-seconds 0.5 after removing {removed} sessions; the rest are "
+        "left for the next run."
+    )
+    assert len(handles(live)) == 200 - removed + 1
+    assert_ok(invoke("expire", *db), f"Expired {200 - removed} sessions.\n")
+    assert handles(live) == kept
 
 
 def _on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
