@@ -28,9 +28,10 @@ from .sql import Statements
 BATCH_SECONDS = 0.01
 #: The budget on SQLite, where every live write waits for the batch to finish.
 SQLITE_BATCH_SECONDS = 0.002
-#: The default upper bound of a batch, in rows: far below what a Galera cluster replicates
-#: as one write set (``wsrep_max_ws_rows``, ``wsrep_max_ws_size``).
-MAX_BATCH = 5000
+#: The default upper bound of a batch, in rows: below what a Galera cluster replicates as
+#: one write set (``wsrep_max_ws_size``, 2 GiB) even when every row holds ``max_size``'s
+#: default 1 MiB (5000 would not be); at 10 ms a batch it still sweeps 100,000 rows a second.
+MAX_BATCH = 1000
 #: The size of the first batch, before any timing is known.
 FIRST_BATCH = 100
 #: The smallest batch the sizing goes down to: a batch slower than its budget even at this
