@@ -156,8 +156,9 @@ class SessionStore(SessionWrites, UserSessions):
 
         Safe to call from every worker at once (gunicorn without ``--preload`` imports the
         app in each): ``IF NOT EXISTS`` is not atomic on PostgreSQL (a duplicate key in
-        ``pg_type``) nor for MySQL's indexes (error 1061), so the loser of that race
-        tries again and then finds everything in place.
+        ``pg_type``) nor for MySQL's indexes (error 1061), and on SQLite the loser is told
+        the database is busy while the winner's table is not yet committed (so it looks
+        missing); the loser of that race tries again and then finds everything in place.
         """
         for attempt in range(CREATE_ATTEMPTS):
             try:
@@ -165,9 +166,7 @@ class SessionStore(SessionWrites, UserSessions):
                     self.model.create_table(safe=True)
                     self._check_packet()
                 return
-            except TableMissing:
-                raise
-            except StoreUnavailable:
+            except StoreUnavailable:  # TableMissing included, see above
                 if attempt == CREATE_ATTEMPTS - 1:
                     raise
                 time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 - jitter, not a secret

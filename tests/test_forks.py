@@ -182,7 +182,7 @@ def test_workers_starting_together_all_create_the_table(backend, database_url, k
     """Without --preload every gunicorn worker runs the app's create_table() at once."""
     table = f"ss_race_{uuid.uuid4().hex[:12]}"
     context = multiprocessing.get_context("fork")
-    for _ in range(3):  # a race: give it a few chances to show
+    for _ in range(8):  # a race: give it a few chances to show
         start, errors = context.Barrier(4), context.Queue()
         workers = [
             context.Process(target=_create, args=(database_url, keys, table, start, errors))
