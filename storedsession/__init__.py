@@ -3,11 +3,13 @@
 from .exceptions import (
     ConfigurationError,
     SerializationError,
+    SessionConflict,
     SessionInterrupted,
     SessionTooLarge,
     StoredSessionError,
     StoreUnavailable,
     TableMissing,
+    UnknownKey,
 )
 from .keys import generate_key
 from .session import Session
@@ -26,9 +28,11 @@ __all__ = [
     "SessionInterrupted",
     "SessionStore",
     "SessionTooLarge",
+    "SessionConflict",
     "StoreUnavailable",
     "StoredSessionError",
     "TableMissing",
+    "UnknownKey",
     "__version__",
     "generate_key",
 ]

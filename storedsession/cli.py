@@ -19,7 +19,6 @@ code meaning
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import sys
@@ -49,11 +48,6 @@ from .store import SessionStore
 
 #: The environment variable ``--database`` falls back to.
 DATABASE_ENV = "STOREDSESSION_DATABASE_URL"
-
-# Failures are reported once, as one line on stderr: without a handler, logging's
-# last-resort one would print the library's own record of the same failure above it.
-logging.getLogger("storedsession").addHandler(logging.NullHandler())
-
 
 class BadUsage(click.ClickException):
     """The command line or the settings cannot work."""

@@ -70,6 +70,10 @@ class DecryptionFailed(Exception):
     """Internal: why an envelope could not be opened (never leaves the store)."""
 
 
+class KeyNotConfigured(DecryptionFailed):
+    """Internal: the envelope names a key id this store does not have."""
+
+
 def _derive(key: Key, salt: bytes) -> AESGCM:
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"storedsession v1")
     return AESGCM(hkdf.derive(key.secret))
@@ -225,7 +229,7 @@ class Envelope:
                 pass  # tampered, or (once in 2**32) another key with the same id
         candidates = self._by_id.get(header[1:5])
         if not candidates:
-            raise DecryptionFailed("encrypted with a key that is not configured")
+            raise KeyNotConfigured("encrypted with a key that is not configured")
         for key in candidates:
             aead = _derive(key, header[5:])
             try:

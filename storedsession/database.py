@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 import os
 import re
 from typing import Any, NoReturn
@@ -20,8 +19,6 @@ from playhouse.pool import MaxConnectionsExceeded
 
 from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
 from .pools import POOL_DEFAULTS, SCHEMES, SqliteKept
-
-security_log = logging.getLogger("storedsession.security")
 
 #: What a URL-built SQLite database runs with: WAL lets expiry and traffic share the
 #: file, the busy timeout makes writers wait for each other instead of failing.
@@ -291,7 +288,6 @@ class Connector:
             _discard(self.database)
         if missing:
             raise TableMissing(self.table_name) from exc
-        security_log.error("Session database error: %s", _describe(exc))
         raise StoreUnavailable(
             f"The session database failed or cannot be reached ({_describe(exc)}). "
             "Nothing was saved; try again when it is back."

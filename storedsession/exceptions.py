@@ -50,6 +50,22 @@ class StoreUnavailable(StoredSessionError):
     """The session database failed or could not be reached; nothing was half-written."""
 
 
+class SessionConflict(StoreUnavailable):
+    """Concurrent writes did not settle within the retries; nothing was saved.
+
+    Other requests kept changing the same session (or the same user's sessions) while this
+    one re-read and re-applied its changes; trying again later usually works.
+    """
+
+
+class UnknownKey(StoreUnavailable):
+    """Another process rewrote the session under a key this store does not have.
+
+    Nothing was saved. Every process that shares the table needs the same keys: deploy a
+    new key everywhere before any process encrypts with it.
+    """
+
+
 class TableMissing(StoreUnavailable):
     """The session table does not exist yet."""
 

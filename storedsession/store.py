@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
@@ -17,15 +16,14 @@ from . import expiry, ids, serialization, signals
 from .aio import offload
 from .crypto import OVERHEAD, DecryptionFailed, Envelope, NoKeys
 from .database import Connector, is_mysql, open_database
-from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
+from .exceptions import ConfigurationError, StoreUnavailable
 from .keys import parse_keys
+from .logs import log, security_log
 from .models import DEFAULT_TABLE, build_model, check_table_name
 from .session import Session, seconds
 from .sql import Statements
 from .users import UserSessions
 from .writes import SessionWrites
-
-security_log = logging.getLogger("storedsession.security")
 
 #: How often :meth:`SessionStore.create_table` tries when other processes create at once.
 CREATE_ATTEMPTS = 5
@@ -225,7 +223,7 @@ class SessionStore(SessionWrites, UserSessions):
                 )
                 return Session()
             if not self._alive(created, last_seen, expires, idle, now):
-                security_log.info("Ignored an expired session.")
+                log.debug("Ignored an expired session.")
                 return Session()
             metadata, plaintext = self.envelope.open(bytes(payload), handle, user_id, created, idle)
             data = serialization.loads(plaintext)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +13,8 @@ from . import devices, ids, signals
 from .aio import offload
 from .crypto import DecryptionFailed
 from .database import is_sqlite, is_write_conflict
+from .exceptions import SessionConflict
+from .logs import security_log
 from .session import Session, storable_text
 from .writes import MAX_CONFLICT_RETRIES, MOVED_FROM
 
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from .crypto import Envelope, NoKeys
     from .database import Connector
     from .sql import Statements
-
-security_log = logging.getLogger("storedsession.security")
 
 
 @dataclass(frozen=True)
@@ -238,8 +237,13 @@ class UserSessions:
             except Exception as exc:
                 # The server rolled it back (MariaDB's deadlock with a concurrent move, a
                 # save on another Galera node, PostgreSQL's serialization failure).
-                if tries == MAX_CONFLICT_RETRIES or not is_write_conflict(exc):
+                if not is_write_conflict(exc):
                     raise
+                if tries == MAX_CONFLICT_RETRIES:
+                    raise SessionConflict(
+                        "The user's sessions kept changing under this request; nothing was "
+                        "revoked. Try again."
+                    ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     asessions_for = offload(sessions_for)

@@ -17,7 +17,6 @@ read only when a save signs the session in.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,12 +29,10 @@ import peewee
 
 from . import ids
 from .exceptions import ConfigurationError, SessionInterrupted, StoreUnavailable
+from .logs import log
 from .session import Session
 from .store import SessionStore
 from .writes import Outcome
-
-security_log = logging.getLogger("storedsession.security")
-log = logging.getLogger("storedsession")
 
 #: Where an adapter puts the session for code that does not take the keyword.
 ENVIRON_KEY = "storedsession.session"
@@ -383,10 +380,7 @@ class RequestSession:
                 outcome = self.core.store.save(
                     session, self.client if self.core.records and self.request is not None else None
                 )
-            except SessionInterrupted:
-                security_log.warning(
-                    "A session was deleted while a request used it; nothing was saved."
-                )
+            except SessionInterrupted:  # the store logged the blocked resurrection
                 return headers
             cookie = self.core.cookie
             if outcome in (Outcome.WRITTEN, Outcome.TOUCHED):

@@ -11,7 +11,6 @@ client's details in the map (:mod:`storedsession.devices`); an anonymous session
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +21,16 @@ import peewee
 
 from . import devices, ids, serialization, signals
 from .aio import offload
-from .crypto import DecryptionFailed
+from .crypto import DecryptionFailed, KeyNotConfigured
 from .database import is_sqlite, is_write_conflict
-from .exceptions import SessionInterrupted, SessionTooLarge, StoreUnavailable
+from .exceptions import (
+    SessionConflict,
+    SessionInterrupted,
+    SessionTooLarge,
+    StoreUnavailable,
+    UnknownKey,
+)
+from .logs import security_log
 from .merge import reapply
 from .session import Session
 
@@ -33,7 +39,6 @@ if TYPE_CHECKING:
     from .database import Connector
     from .sql import Statements
 
-security_log = logging.getLogger("storedsession.security")
 
 #: The metadata key in which a row moved by ``regenerate()`` names the handle it left, so
 #: that a ``revoke`` of that handle still finds the session (see ``UserSessions.revoke``).
@@ -68,6 +73,12 @@ def _restore(session: Session, kept: list[Any] | None) -> None:
 
 class _Conflict(Exception):
     """Internal: a versioned write matched no row."""
+
+
+def _unsettled() -> SessionConflict:
+    return SessionConflict(
+        "The session kept changing under this request and could not be saved; try again."
+    )
 
 
 def _signs_in(session: Session) -> bool:
@@ -248,19 +259,17 @@ class SessionWrites:
                     except Exception as exc:
                         # A lock wait that timed out took its full timeout: retried only
                         # if the server's timeout is short.
-                        if not is_write_conflict(exc) or (
-                            time.monotonic() - started > MAX_CONFLICT_SECONDS
-                        ):
+                        if not is_write_conflict(exc):
                             raise
+                        if time.monotonic() - started > MAX_CONFLICT_SECONDS:
+                            raise _unsettled() from exc
                     _restore(session, kept)
                     if tries:
                         time.sleep(random.uniform(0, 0.002 * tries))  # noqa: S311 - jitter
             except BaseException:
                 _restore(session, kept)
                 raise
-        raise StoreUnavailable(
-            "The session kept changing under this request and could not be saved; try again."
-        )
+        raise _unsettled()
 
     def _seen_now(self, session: Session) -> int:
         """Return the last-seen time to write: now, but never before the creation.
@@ -357,7 +366,10 @@ class SessionWrites:
         sql = self._sql.select_for_update if lock else self._sql.select
         row = self.database.execute_sql(sql, (handle,)).fetchone()
         if row is None:
-            security_log.warning("Blocked a save that would have resurrected a deleted session.")
+            security_log.warning(
+                "Blocked a save that would have resurrected a session deleted while a "
+                "request used it."
+            )
             raise SessionInterrupted()
         mine_user, mine_idle = session._user_id, session._idle
         user_changed = mine_user != session._loaded_user_id
@@ -368,6 +380,11 @@ class SessionWrites:
                 bytes(payload), handle, user_id, created, idle
             )
             theirs = serialization.loads(latest_plain)
+        except KeyNotConfigured:
+            raise UnknownKey(
+                "Another process rewrote the session under a key this store does not have; "
+                "nothing was saved. Give every process the same keys."
+            ) from None
         except (DecryptionFailed, ValueError, TypeError):
             raise StoreUnavailable(
                 "The session was changed by another request in a form this store cannot "

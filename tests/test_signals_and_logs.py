@@ -147,3 +147,72 @@ def test_errors_and_cli_output_hold_no_id_key_or_value(
     for secret in (canary, public_id, fresh.id, new_key, *keys):
         assert secret not in text
     assert any("decrypt" in t for t in texts) and any("Re-encrypted 1" in t for t in texts)
+
+
+def test_a_database_failure_is_raised_and_not_logged(keys, caplog) -> None:
+    """The application that catches StoreUnavailable decides what to log; we log nothing."""
+    from storedsession import StoreUnavailable
+
+    down = SessionStore("postgresql://nobody@127.0.0.1:9/none?connect_timeout=1", keys=keys)
+    with caplog.at_level(logging.DEBUG, logger="storedsession"):
+        with pytest.raises(StoreUnavailable):
+            down.load(ids.new_public_id())
+        fresh = down.load(None)
+        fresh["a"] = 1
+        with pytest.raises(StoreUnavailable):
+            down.save(fresh)
+    assert caplog.records == []
+
+
+def test_an_expired_session_is_an_operational_event(make_store, clock, caplog) -> None:
+    store = make_store(idle_timeout=60)
+    session = store.load(None)
+    session["a"] = 1
+    store.save(session)
+    clock.advance(61)
+    with caplog.at_level(logging.DEBUG, logger="storedsession"):
+        assert store.load(session.id).new
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("storedsession", "Ignored an expired session.")
+    ]
+
+
+def test_a_save_over_a_session_rewritten_under_an_unknown_key(make_store, keys, caplog) -> None:
+    """A process with a newer key rewrote the row: the old one must not overwrite it."""
+    from storedsession import StoreUnavailable, UnknownKey, generate_key
+
+    old = make_store()
+    newer = make_store(keys=[generate_key(), *keys])  # deployed first, on one host only
+    session = old.load(None)
+    session["a"] = 1
+    old.save(session)
+    mine, theirs = old.load(session.id), newer.load(session.id)
+    theirs["b"] = 2
+    newer.save(theirs)  # sealed with the key ``old`` lacks
+    mine["c"] = 3
+    with caplog.at_level(logging.DEBUG, logger="storedsession"):
+        with pytest.raises(UnknownKey) as info:
+            old.save(mine)
+    assert isinstance(info.value, StoreUnavailable)
+    assert "same keys" in str(info.value)
+    assert caplog.records == []
+    assert dict(newer.load(session.id)) == {"a": 1, "b": 2}  # theirs, intact
+
+
+def test_a_resurrection_blocked_behind_an_adapter_is_logged_once(make_store, caplog) -> None:
+    from storedsession.web import SessionMiddlewareCore
+
+    store = make_store()
+    core = SessionMiddlewareCore(store)
+    session = store.load(None)
+    session["a"] = 1
+    store.save(session)
+    request = core.begin(f"session={session.id}", https=False)
+    request.lazy["a"] = 2
+    store.delete(store.load(session.id))  # a logout in another tab
+    with caplog.at_level(logging.DEBUG, logger="storedsession"):
+        headers = request.finish(200)
+    assert not any(name == "Set-Cookie" for name, _ in headers)
+    assert [(r.name, r.levelno) for r in caplog.records] == [
+        ("storedsession.security", logging.WARNING)
+    ]
