@@ -86,9 +86,9 @@ def sweep_under_load(url: str, rows: int, max_load: float | None = None) -> dict
     in the machine's load meanwhile weighs on both sides.
     """
     table = f"bench_expire_{uuid.uuid4().hex[:8]}"
-    # The requests go through a pool, as a web app's would; the sweep is the CLI's own.
-    pooled = url if url.startswith("sqlite") else url.replace("://", "+pool://", 1)
-    store = SessionStore(pooled, keys=[generate_key()], table_name=table)
+    # The requests go through the plain URL's default pool, as a web app's would; the
+    # sweep is the CLI's own.
+    store = SessionStore(url, keys=[generate_key()], table_name=table)
     store.create_table()
     try:
         public_ids = []

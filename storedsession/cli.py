@@ -49,6 +49,7 @@ from .store import SessionStore
 #: The environment variable ``--database`` falls back to.
 DATABASE_ENV = "STOREDSESSION_DATABASE_URL"
 
+
 class BadUsage(click.ClickException):
     """The command line or the settings cannot work."""
 
