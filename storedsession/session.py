@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,10 @@ class Session(MutableMapping[str, Any]):
     A mutable mapping of JSON values. Changes, including in-place changes to nested
     values, are found by comparing against what was loaded, so a request that changes
     nothing writes nothing. Build sessions with the store, not directly.
+
+    A session built by :meth:`_deferred` loads itself on first use (the adapters hand
+    one to every request): each mapping method and property starts with the same guard,
+    Django's ``SessionBase._get_session`` being the model.
     """
 
     __slots__ = (
@@ -74,9 +78,11 @@ class Session(MutableMapping[str, Any]):
         "_invalidated",
         "_dirty",
         "_exposed",
+        "_loader",
     )
 
     def __init__(self) -> None:
+        self._loader: Callable[[], Session] | None = None
         self._doomed: str | None = None
         self._invalidated = False
         self._reset()
@@ -128,40 +134,81 @@ class Session(MutableMapping[str, Any]):
         self._idle = self._loaded_idle = idle
         self._doomed = None
         self._invalidated = self._regenerate = self._dirty = self._exposed = False
+        self._loader = None
         return self
+
+    @classmethod
+    def _deferred(cls, loader: Callable[[], Session]) -> Session:
+        """Return a session that becomes what ``loader()`` returns, when first used."""
+        self = cls.__new__(cls)
+        self._loader = loader
+        return self
+
+    def _load(self) -> None:
+        """Call the loader and adopt the loaded session's state; a failure leaves it deferred."""
+        assert self._loader is not None
+        loaded = self._loader()
+        for name in _STATE:
+            setattr(self, name, getattr(loaded, name))
+        self._loader = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for a slot not set yet: the store reading a deferred session's
+        # state directly (store.save or store.delete of a session the app never used).
+        if name != "_loader" and self._loader is not None:
+            self._load()
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- the mapping --------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
+        if self._loader is not None:
+            self._load()
         value = self._data[key]
         if type(value) in _CONTAINERS:
             self._exposed = True
         return value
 
     def __setitem__(self, key: str, value: Any) -> None:
+        if self._loader is not None:
+            self._load()
         self._dirty = True
         self._data[key] = value
 
     def __delitem__(self, key: str) -> None:
+        if self._loader is not None:
+            self._load()
         del self._data[key]
         self._dirty = True
 
     def __iter__(self) -> Iterator[str]:
+        if self._loader is not None:
+            self._load()
         return iter(self._data)
 
     def __len__(self) -> int:
+        if self._loader is not None:
+            self._load()
         return len(self._data)
 
     def __contains__(self, key: object) -> bool:
+        if self._loader is not None:
+            self._load()
         return key in self._data
 
     def get(self, key: str, default: Any = None) -> Any:
+        if self._loader is not None:
+            self._load()
         value = self._data.get(key, default)
         if type(value) in _CONTAINERS:
             self._exposed = True
         return value
 
     def __repr__(self) -> str:
-        # Neither the id nor the values: a repr ends up in logs and tracebacks.
+        # Neither the id nor the values: a repr ends up in logs and tracebacks, and
+        # showing one must not query the database.
+        if self._loader is not None:
+            return "<Session, not loaded yet>"
         state = "new" if self.new else "stored"
         return f"<Session {state}, {len(self._data)} keys>"
 
@@ -169,21 +216,29 @@ class Session(MutableMapping[str, Any]):
     @property
     def id(self) -> str | None:
         """The public id to put in the cookie; ``None`` until the session is stored."""
+        if self._loader is not None:
+            self._load()
         return self._public_id
 
     @property
     def handle(self) -> str | None:
         """The stored (hashed) id, safe to show; ``None`` until the session is stored."""
+        if self._loader is not None:
+            self._load()
         return self._handle
 
     @property
     def new(self) -> bool:
         """True while the session has not been stored."""
+        if self._loader is not None:
+            self._load()
         return self._handle is None
 
     @property
     def modified(self) -> bool:
         """True when data, ``user_id`` or the expiry changed since the session was loaded."""
+        if self._loader is not None:
+            self._load()
         if self._user_id != self._loaded_user_id or self._idle != self._loaded_idle:
             return True
         if self._loaded is None:
@@ -198,10 +253,14 @@ class Session(MutableMapping[str, Any]):
     @property
     def user_id(self) -> str | None:
         """The user this session belongs to, as text; settable with a str or an int."""
+        if self._loader is not None:
+            self._load()
         return self._user_id
 
     @user_id.setter
     def user_id(self, value: str | int | None) -> None:
+        if self._loader is not None:
+            self._load()
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, str | int):
                 raise TypeError(f"user_id takes a str or an int, not {type(value).__name__}.")
@@ -220,30 +279,42 @@ class Session(MutableMapping[str, Any]):
     @property
     def created_at(self) -> datetime | None:
         """When the session was first stored (UTC), ``None`` while new."""
+        if self._loader is not None:
+            self._load()
         return _datetime(self._created)
 
     @property
     def last_seen_at(self) -> datetime | None:
         """When the session was last written or touched (UTC), ``None`` while new."""
+        if self._loader is not None:
+            self._load()
         return _datetime(self._last_seen)
 
     @property
     def expires_at(self) -> datetime | None:
         """When the stored session stops working (UTC); ``None`` while new or without limit."""
+        if self._loader is not None:
+            self._load()
         return _datetime(self._expires)
 
     @property
     def idle_timeout(self) -> int | None:
         """This session's own idle timeout in seconds (0: browser session), or ``None``."""
+        if self._loader is not None:
+            self._load()
         return self._idle
 
     # -- lifecycle ----------------------------------------------------------------
     def regenerate(self) -> None:
         """Give the session a new id at the next save, keeping its data (call it at login)."""
+        if self._loader is not None:
+            self._load()
         self._regenerate = True
 
     def invalidate(self) -> None:
         """Clear the session and delete its stored row at the next save (logout)."""
+        if self._loader is not None:
+            self._load()
         if self._handle is not None:
             self._doomed = self._handle
         self._invalidated = True
@@ -256,4 +327,10 @@ class Session(MutableMapping[str, Any]):
         applies the store's idle timeout; ``None`` returns to the store's default.
         """
         duration = seconds(value, "set_expiry()")
+        if self._loader is not None:
+            self._load()
         self._idle = None if duration is None else math.ceil(duration)
+
+
+#: What a deferred session copies from the one its loader returns.
+_STATE = tuple(name for name in Session.__slots__ if name != "_loader")
