@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Unpack
 
 import bottle
 import peewee
 
 from storedsession.exceptions import StoreUnavailable
 from storedsession.store import SessionStore
-from storedsession.web import ENVIRON_KEY, MERGED_HEADERS, RequestSession, SessionMiddlewareCore
+from storedsession.web import (
+    ENVIRON_KEY,
+    AdapterOptions,
+    RequestSession,
+    SessionMiddlewareCore,
+    add_vary,
+    private_cache_control,
+)
 
 
 def _takes(callback: Callable[..., Any], keyword: str) -> bool:
@@ -36,12 +43,10 @@ class StoredSessionPlugin:
     first use and saved when the callback returns or raises an ``HTTPResponse`` below
     500 (a redirect, ``abort(403)``). Routes opt out with ``skip=`` or the route option
     ``storedsession=False``. ``store_or_database`` is a :class:`SessionStore`, or a
-    database or URL to build one from with ``keys`` and ``store_options``; the cookie
-    options are those of :class:`storedsession.web.CookieOptions`. A sign-in records the
-    ``User-Agent`` (``record_user_agent``) and, with ``record_ip``, the WSGI
-    ``REMOTE_ADDR`` or ``client_ip(bottle.request)``, as
-    :class:`storedsession.web.SessionMiddlewareCore` says. ``store`` is the
-    :class:`SessionStore` in use.
+    database or URL to build one from; ``options`` are every adapter's
+    (:class:`storedsession.web.AdapterOptions`). A sign-in records the ``User-Agent``
+    (``record_user_agent``) and, with ``record_ip``, the WSGI ``REMOTE_ADDR`` or
+    ``client_ip(bottle.request)``. ``store`` is the :class:`SessionStore` in use.
     """
 
     name = "storedsession"
@@ -51,34 +56,11 @@ class StoredSessionPlugin:
         self,
         store_or_database: SessionStore | str | peewee.Database,
         *,
-        keys: str | Sequence[str] | None = None,
-        cookie_name: str = "session",
         keyword: str = "session",
-        cookie_path: str = "/",
-        cookie_domain: str | None = None,
-        cookie_secure: bool | None = None,
-        cookie_httponly: bool = True,
-        cookie_samesite: str | None = "Lax",
-        record_user_agent: bool = True,
-        record_ip: bool = False,
-        client_ip: Callable[[Any], str | None] | None = None,
-        **store_options: Any,
+        **options: Unpack[AdapterOptions],
     ) -> None:
         self.core = SessionMiddlewareCore(
-            store_or_database,
-            keys=keys,
-            cookie_name=cookie_name,
-            cookie_path=cookie_path,
-            cookie_domain=cookie_domain,
-            cookie_secure=cookie_secure,
-            cookie_httponly=cookie_httponly,
-            cookie_samesite=cookie_samesite,
-            record_user_agent=record_user_agent,
-            record_ip=record_ip,
-            client_ip=client_ip,
-            user_agent_of=_user_agent,
-            address_of=_address,
-            **store_options,
+            store_or_database, user_agent_of=_user_agent, address_of=_address, **options
         )
         self.store = self.core.store
         self.keyword = keyword
@@ -107,9 +89,9 @@ class StoredSessionPlugin:
                 environ.get("wsgi.url_scheme") == "https",
                 request=bottle.request,
             )
-            environ[ENVIRON_KEY] = request.lazy
+            environ[ENVIRON_KEY] = request.session
             if keyword:
-                kwargs[keyword] = request.lazy
+                kwargs[keyword] = request.session
             try:
                 out = callback(*args, **kwargs)
             except bottle.HTTPResponse as response:  # raised or aborted: it replaces headers
@@ -138,15 +120,20 @@ def _address(request: bottle.BaseRequest) -> str | None:
 
 def _finish(request: RequestSession, response: bottle.BaseResponse) -> None:
     try:
-        headers = request.finish(response.status_code)
+        finish = request.finish(response.status_code)
     except StoreUnavailable as exc:
         raise _unavailable() from exc
-    for name, value in headers:
-        merge = MERGED_HEADERS.get(name)
-        if merge is None:
-            response.add_header(name, value)
-        else:  # get_header would see only the last of several lines
-            response.set_header(name, merge(", ".join(response.headers.getall(name)) or None))
+    if finish.vary:
+        _merge(response, "Vary", add_vary)
+    if finish.cookie is not None:
+        response.add_header("Set-Cookie", finish.cookie)
+    if finish.private:
+        _merge(response, "Cache-Control", private_cache_control)
+
+
+def _merge(response: bottle.BaseResponse, name: str, merge: Callable[[str | None], str]) -> None:
+    # All the app's lines of that name: get_header would see only the last.
+    response.set_header(name, merge(", ".join(response.headers.getall(name)) or None))
 
 
 def _unavailable() -> bottle.HTTPError:

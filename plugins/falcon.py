@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Unpack
 
 import falcon
 import peewee
@@ -11,9 +10,12 @@ import peewee
 from storedsession.exceptions import StoreUnavailable
 from storedsession.store import SessionStore
 from storedsession.web import (
-    MERGED_HEADERS,
+    AdapterOptions,
+    Finish,
     RequestSession,
     SessionMiddlewareCore,
+    add_vary,
+    private_cache_control,
     scope_cookie_header,
 )
 
@@ -31,44 +33,19 @@ class StoredSessionMiddleware:
     cookie), and saved after the responder unless the response status is 500 or more.
     A resource opts out with a class attribute ``storedsession = False``.
     ``store_or_database`` is a :class:`SessionStore`, or a database or URL to build
-    one from with ``keys`` and ``store_options``; the cookie options are those of
-    :class:`storedsession.web.CookieOptions`. A sign-in records the ``User-Agent``
-    (``record_user_agent``) and, with ``record_ip``, ``req.remote_addr`` or
-    ``client_ip(req)``, as :class:`storedsession.web.SessionMiddlewareCore` says.
-    ``store`` is the :class:`SessionStore` in use.
+    one from; ``options`` are every adapter's (:class:`storedsession.web.AdapterOptions`).
+    A sign-in records the ``User-Agent`` (``record_user_agent``) and, with
+    ``record_ip``, ``req.remote_addr`` or ``client_ip(req)``. ``store`` is the
+    :class:`SessionStore` in use.
     """
 
     def __init__(
         self,
         store_or_database: SessionStore | str | peewee.Database,
-        *,
-        keys: str | Sequence[str] | None = None,
-        cookie_name: str = "session",
-        cookie_path: str = "/",
-        cookie_domain: str | None = None,
-        cookie_secure: bool | None = None,
-        cookie_httponly: bool = True,
-        cookie_samesite: str | None = "Lax",
-        record_user_agent: bool = True,
-        record_ip: bool = False,
-        client_ip: Callable[[Any], str | None] | None = None,
-        **store_options: Any,
+        **options: Unpack[AdapterOptions],
     ) -> None:
         self.core = SessionMiddlewareCore(
-            store_or_database,
-            keys=keys,
-            cookie_name=cookie_name,
-            cookie_path=cookie_path,
-            cookie_domain=cookie_domain,
-            cookie_secure=cookie_secure,
-            cookie_httponly=cookie_httponly,
-            cookie_samesite=cookie_samesite,
-            record_user_agent=record_user_agent,
-            record_ip=record_ip,
-            client_ip=client_ip,
-            user_agent_of=_user_agent,
-            address_of=_address,
-            **store_options,
+            store_or_database, user_agent_of=_user_agent, address_of=_address, **options
         )
         self.store = self.core.store
 
@@ -79,12 +56,12 @@ class StoredSessionMiddleware:
             cookie_header, req.scheme == "https", hold_connection=hold_connection, request=req
         )
         setattr(req.context, _STATE, request)
-        req.context.session = request.lazy
         return request
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Put the request's lazy session on ``req.context.session``."""
-        self._begin(req, req.get_header("Cookie"), hold_connection=True)
+        """Put the request's session on ``req.context.session``, to load on first use."""
+        request = self._begin(req, req.get_header("Cookie"), hold_connection=True)
+        req.context.session = request.session
 
     async def process_request_async(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response
@@ -92,7 +69,9 @@ class StoredSessionMiddleware:
         """Put the session on ``req.context.session``, loaded off the event loop."""
         # Falcon keeps only the last of several Cookie fields; the scope has them all.
         cookie_header = scope_cookie_header(req.scope.get("headers"), req.get_header)
-        await self._begin(req, cookie_header, hold_connection=False).preload()
+        request = self._begin(req, cookie_header, hold_connection=False)
+        await request.preload()
+        req.context.session = request.session
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
@@ -101,10 +80,10 @@ class StoredSessionMiddleware:
         request = _taken(req, resource)
         if request is not None:
             try:
-                headers = request.finish(resp.status_code)
+                finish = request.finish(resp.status_code)
             except StoreUnavailable as exc:
                 raise falcon.HTTPServiceUnavailable() from exc
-            _apply(resp, headers)
+            _apply(resp, finish)
 
     async def process_response_async(
         self,
@@ -117,10 +96,10 @@ class StoredSessionMiddleware:
         request = _taken(req, resource)
         if request is not None:
             try:
-                headers = await request.finish_async(resp.status_code)
+                finish = await request.finish_async(resp.status_code)
             except StoreUnavailable as exc:
                 raise falcon.HTTPServiceUnavailable() from exc
-            _apply(resp, headers)
+            _apply(resp, finish)
 
 
 def _user_agent(req: falcon.Request) -> str | None:
@@ -141,12 +120,13 @@ def _taken(req: falcon.Request, resource: object) -> RequestSession | None:
     return request
 
 
-def _apply(resp: falcon.Response, headers: list[tuple[str, str]]) -> None:
-    for name, value in headers:
-        merge = MERGED_HEADERS.get(name)
-        if merge is not None:  # Falcon keeps one line per name, joined with ", "
-            resp.set_header(name, merge(resp.get_header(name)))
-        else:
-            # Raw, so the deletion cookie keeps Secure (unset_cookie drops it); appended
-            # Set-Cookie lines are kept apart from each other and from the app's cookies.
-            resp.append_header(name, value)
+def _apply(resp: falcon.Response, finish: Finish) -> None:
+    # Falcon keeps one line per name, joined with ", ", so get_header sees them all.
+    if finish.vary:
+        resp.set_header("Vary", add_vary(resp.get_header("Vary")))
+    if finish.cookie is not None:
+        # Raw, so the deletion cookie keeps Secure (unset_cookie drops it); appended
+        # Set-Cookie lines are kept apart from each other and from the app's cookies.
+        resp.append_header("Set-Cookie", finish.cookie)
+    if finish.private:
+        resp.set_header("Cache-Control", private_cache_control(resp.get_header("Cache-Control")))

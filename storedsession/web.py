@@ -1,17 +1,17 @@
 """The request lifecycle, once for every framework.
 
-An adapter builds a :class:`SessionMiddlewareCore` from its options, makes one
-:class:`RequestSession` per request from the raw ``Cookie`` header and the request's
-scheme, hands ``request_session.lazy`` (a proxy that loads on first use; under ASGI,
-after ``await request_session.preload()``) to the application, and at the end asks
-:meth:`RequestSession.finish` (or ``finish_async``) which headers to add, answering 503
-when it raises ``StoreUnavailable``; a header named in :data:`MERGED_HEADERS` is merged
-into the application's own. Every decision (load or not, save or not, which
-cookie, ``Vary``, ``Cache-Control``, 5xx, interrupted sessions, what to record of the
-client at sign-in) is taken here, and so is reading the ``Cookie`` header and checking
-the cookie options. The adapter passes its framework's request to ``begin`` and says once,
-at construction, how to read a request's ``User-Agent`` and connection address; they are
-read only when a save signs the session in.
+An adapter passes its keyword options (:class:`AdapterOptions`, one definition for
+every adapter) to :class:`SessionMiddlewareCore`, and says once how to read a request's
+``User-Agent`` and connection address (read only when a save signs the session in). Per
+request it calls :meth:`SessionMiddlewareCore.begin` with the raw ``Cookie`` header and
+the scheme, hands :attr:`RequestSession.session` to the application (a
+:class:`~storedsession.session.Session` that loads itself on first use; under ASGI,
+loaded in a thread by ``await request_session.preload()`` first), and at the end applies
+the :class:`Finish` that :meth:`RequestSession.finish` (or ``finish_async``) returns, or
+answers 503 when it raises ``StoreUnavailable``; a request the route opts out of is
+``close()``d instead. Every decision (load or not, save or not, which cookie, ``Vary``,
+``Cache-Control``, 5xx, interrupted sessions, what to record of the client at sign-in)
+is taken here, and so is reading the ``Cookie`` header and checking the cookie options.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from email.utils import formatdate
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import peewee
 
@@ -213,75 +214,42 @@ def add_vary(existing: str | None) -> str:
     return f"{existing}, Cookie"
 
 
-#: Headers that :meth:`RequestSession.finish` returns to be merged into the
-#: application's own (all its lines of that name, joined with ", "), not added beside
-#: them: the adapter sets ``MERGED_HEADERS[name](existing)`` in their place.
-MERGED_HEADERS: dict[str, Callable[[str | None], str]] = {
-    "Vary": add_vary,
-    "Cache-Control": private_cache_control,
-}
+class Finish:
+    """What the session asks of one response, for the adapter to apply.
 
+    ``cookie`` is a ``Set-Cookie`` line or ``None``; ``vary`` says to add ``Cookie`` to
+    ``Vary`` (:func:`add_vary`); ``private`` says to make ``Cache-Control`` unstorable by
+    a shared cache (:func:`private_cache_control`). Both merge into the application's own
+    header of that name. Iterating gives the header lines, for a caller with no headers
+    of its own to merge them into.
+    """
 
-class LazySession(Session):
-    """A :class:`Session` that loads itself from the store on first use."""
+    __slots__ = ("cookie", "private", "vary")
 
-    __slots__ = ("_request",)
+    def __init__(self, cookie: str | None = None, vary: bool = False, private: bool = False):
+        self.cookie = cookie
+        self.vary = vary
+        self.private = private
 
-    def __init__(self, request: RequestSession) -> None:
-        object.__setattr__(self, "_request", request)
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in _LAZY_OWN:
-            return object.__getattribute__(self, name)
-        return getattr(object.__getattribute__(self, "_request").session_object(), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(object.__getattribute__(self, "_request").session_object(), name, value)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._request.session_object()[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._request.session_object()[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._request.session_object()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._request.session_object())
-
-    def __len__(self) -> int:
-        return len(self._request.session_object())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._request.session_object()
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        if self.vary:
+            yield "Vary", "Cookie"
+        if self.cookie is not None:
+            yield "Set-Cookie", self.cookie
+        if self.private:
+            yield "Cache-Control", "private"
 
     def __repr__(self) -> str:
-        return repr(self._request.session_object())
-
-
-_LAZY_OWN = frozenset(
-    {
-        "_request",
-        "__class__",
-        "__getitem__",
-        "__setitem__",
-        "__delitem__",
-        "__iter__",
-        "__len__",
-        "__contains__",
-        "__repr__",
-        "__dict__",
-    }
-)
+        return f"Finish(cookie={self.cookie is not None}, vary={self.vary}, private={self.private})"
 
 
 class RequestSession:
-    """The session of one request: loaded on first use, saved by :meth:`finish`.
+    """The session of one request: begun by the adapter, saved by :meth:`finish`.
 
-    ``hold_connection`` keeps one database connection from the first query to the end
-    of the request (WSGI). Under ASGI each offloaded call takes its own instead, since
-    peewee keeps connections per thread.
+    ``session`` is handed to the application and loads itself on first use;
+    ``accessed`` tells whether it was. ``hold_connection`` keeps one database connection
+    from the load to :meth:`close` (WSGI). Under ASGI each offloaded call takes its own
+    instead, since peewee keeps connections per thread.
     """
 
     __slots__ = (
@@ -289,11 +257,11 @@ class RequestSession:
         "cookie",
         "https",
         "request",
-        "lazy",
-        "_session",
-        "_held",
-        "_hold",
+        "session",
+        "accessed",
         "failed",
+        "_hold",
+        "_held",
         "_preload_error",
         "_well_formed",
     )
@@ -312,88 +280,82 @@ class RequestSession:
         self.https = https
         #: The framework's request, read only if the session signs in (see ``client``).
         self.request = request
-        self.lazy = LazySession(self)
-        self._session: Session | None = None
-        self._held: AbstractContextManager[Any] | None = None
-        self._well_formed = ids.is_public_id(self.cookie)
-        self._hold = hold_connection
-        #: Set when the application met a StoreUnavailable while loading the session;
-        #: :meth:`finish` then raises it again, for the adapter to answer 503.
+        self.session = Session._deferred(self._load)
+        self.accessed = False
+        #: Set when loading the session failed with StoreUnavailable; :meth:`finish`
+        #: then raises it again, for the adapter to answer 503.
         self.failed = False
+        self._well_formed = ids.is_public_id(self.cookie)
+        # Only a well-formed cookie can find a row, so only then is a connection worth holding.
+        self._hold = hold_connection and self._well_formed
+        self._held = ExitStack()
         self._preload_error: StoreUnavailable | None = None
 
     @property
-    def accessed(self) -> bool:
-        """Whether the application used the session (it was loaded)."""
-        return self._session is not None
+    def lazy(self) -> Session:
+        """The request's session (the name the benchmarks and older callers use)."""
+        return self.session
 
-    def _connect(self) -> None:
-        if self._hold and self._held is None:
-            held = self.core.store.connected()
-            held.__enter__()
-            self._held = held
-
-    def session_object(self) -> Session:
-        """Return the real session, loading it on first use."""
-        if self._session is None:
-            try:
-                if self._preload_error is not None:
-                    raise self._preload_error  # never retried: that would block an event loop
-                if self._well_formed:
-                    self._connect()
-                self._session = self.core.store.load(self.cookie)
-            except StoreUnavailable:
-                self.failed = True
-                raise
-        return self._session
+    def _load(self) -> Session:
+        try:
+            if self._preload_error is not None:
+                raise self._preload_error  # never retried: that would block an event loop
+            if self._hold:
+                self._held.enter_context(self.core.store.connected())
+                self._hold = False
+            loaded = self.core.store.load(self.cookie)
+        except StoreUnavailable:
+            self.failed = True
+            raise
+        self.accessed = True
+        return loaded
 
     async def preload(self) -> None:
         """Load the session in a worker thread if the request carries a well-formed cookie.
 
-        For ASGI, where :meth:`session_object` must not query on the event loop. A
-        database failure is kept and raised when the application uses the session, so
-        a request that never does is not failed by it.
+        For ASGI, where the session must not query on the event loop: call it before
+        the application gets ``session``. A database failure is kept and raised when the
+        application uses the session, so a request that never does is not failed by it.
         """
-        if self._session is None and self._well_formed:
+        if self._well_formed:
             try:
-                self._session = await self.core.store.aload(self.cookie)
+                self.session = await self.core.store.aload(self.cookie)
             except StoreUnavailable as exc:
                 self._preload_error = exc
+            else:
+                self.accessed = True
 
-    def finish(self, status: int) -> list[tuple[str, str]]:
-        """Save the session if the response allows it; return the headers to add.
+    def finish(self, status: int) -> Finish:
+        """Save the session if the response allows it; return what to add to the response.
 
-        Returns nothing for a request that never used the session. Raises
-        ``StoreUnavailable`` when loading or saving failed: answer 503 without these
-        headers.
+        Asks nothing of a response whose request never used the session. Raises
+        ``StoreUnavailable`` when loading or saving failed: answer 503 and apply nothing.
         """
         try:
             if self.failed:
                 raise StoreUnavailable("The session could not be loaded; nothing was saved.")
-            session = self._session
-            if session is None:
-                return []
-            headers = [("Vary", "Cookie")]
+            if not self.accessed:
+                return Finish()
             if status >= 500:
-                return headers
+                return Finish(vary=True)
+            session = self.session
             try:
                 outcome = self.core.store.save(
                     session, self.client if self.core.records and self.request is not None else None
                 )
             except SessionInterrupted:  # the store logged the blocked resurrection
-                return headers
+                return Finish(vary=True)
             cookie = self.core.cookie
             if outcome in (Outcome.WRITTEN, Outcome.TOUCHED):
                 assert session.id is not None
                 max_age = self.core.store.cookie_max_age(session)
-                headers.append(("Set-Cookie", cookie.header(session.id, max_age, self.https)))
+                line = cookie.header(session.id, max_age, self.https)
             elif session._invalidated and session.new:
-                headers.append(("Set-Cookie", cookie.deletion(self.https)))
+                line = cookie.deletion(self.https)
             else:
-                return headers
+                return Finish(vary=True)
             # A shared cache must never store a cookie of one user to replay to others.
-            headers.append(("Cache-Control", "private"))
-            return headers
+            return Finish(line, vary=True, private=True)
         finally:
             self.close()
 
@@ -401,52 +363,91 @@ class RequestSession:
         """Return the request's raw user agent and, with ``record_ip``, its address."""
         return self.core.client(self.request)
 
-    async def finish_async(self, status: int) -> list[tuple[str, str]]:
+    async def finish_async(self, status: int) -> Finish:
         """Run :meth:`finish`, with its database work in a worker thread."""
-        if self._session is None:
+        if not self.accessed:
             return self.finish(status)  # no database work: nothing was loaded
         return await asyncio.to_thread(self.finish, status)
 
     def close(self) -> None:
         """Return the request's connection, if it holds one."""
-        held, self._held = self._held, None
-        if held is not None:
-            held.__exit__(None, None, None)
+        self._held.close()
 
 
 #: How an adapter reads one thing (the user agent, the connection's address) off a request.
 Reader = Callable[[Any], str | None]
 
 
+class StoreOptions(TypedDict, total=False):
+    """The :class:`SessionStore` options an adapter passes on when it builds the store.
+
+    Their defaults are the store's; ``tests/test_web_core.py`` keeps this list equal to
+    ``SessionStore``'s keyword parameters.
+    """
+
+    keys: str | Sequence[str] | None
+    table_name: str
+    idle_timeout: float | timedelta | None
+    absolute_timeout: float | timedelta | None
+    touch_interval: float | timedelta
+    max_size: int
+    clock: Callable[[], datetime] | None
+    legacy_envelopes: bool
+
+
+class AdapterOptions(StoreOptions, total=False):
+    """The keyword options of every adapter, after the store or database (API.md's list).
+
+    ``cookie_<field>`` is :class:`CookieOptions`'s ``<field>``, with its default; the
+    ``record_*`` options and ``client_ip`` are :class:`SessionMiddlewareCore`'s.
+    """
+
+    cookie_name: str
+    cookie_path: str
+    cookie_domain: str | None
+    cookie_secure: bool | None
+    cookie_httponly: bool
+    cookie_samesite: str | None
+    record_user_agent: bool
+    record_ip: bool
+    client_ip: Reader | None
+
+
+_COOKIE_FIELDS = tuple(field.name for field in fields(CookieOptions))
+
+
 class SessionMiddlewareCore:
     """What every adapter shares: the store, the cookie options, what to record of clients.
 
-    ``record_user_agent`` records the ``User-Agent`` of the request that signs a session
-    in (the session gets a user id, or is regenerated with one); ``False`` records
-    nothing at all. ``record_ip`` records the client's address with it: the connection's
-    (``address_of``), or what ``client_ip(request)`` returns for an application behind a
-    proxy it trusts, never a forwarded header by default. ``user_agent_of`` and
-    ``address_of`` are the adapter's readers of its framework's request.
+    Takes the :class:`AdapterOptions`, so that an adapter's constructor only passes
+    them on. ``record_user_agent`` (default ``True``) records the ``User-Agent`` of the
+    request that signs a session in (the session gets a user id, or is regenerated with
+    one); ``False`` records nothing at all. ``record_ip`` (default ``False``) records the
+    client's address with it: the connection's (``address_of``), or what
+    ``client_ip(request)`` returns for an application behind a proxy it trusts, never a
+    forwarded header by default. ``user_agent_of`` and ``address_of`` are the adapter's
+    readers of its framework's request.
     """
 
     def __init__(
         self,
         store_or_database: SessionStore | str | peewee.Database,
         *,
-        keys: str | Sequence[str] | None = None,
-        cookie_name: str = "session",
-        cookie_path: str = "/",
-        cookie_domain: str | None = None,
-        cookie_secure: bool | None = None,
-        cookie_httponly: bool = True,
-        cookie_samesite: str | None = "Lax",
-        record_user_agent: bool = True,
-        record_ip: bool = False,
-        client_ip: Reader | None = None,
         user_agent_of: Reader | None = None,
         address_of: Reader | None = None,
-        **store_options: Any,
+        **options: Unpack[AdapterOptions],
     ) -> None:
+        rest: dict[str, Any] = dict(options)
+        self.cookie = CookieOptions(
+            **{
+                field: rest.pop(f"cookie_{field}")
+                for field in _COOKIE_FIELDS
+                if f"cookie_{field}" in rest
+            }
+        )
+        record_user_agent = rest.pop("record_user_agent", True)
+        record_ip = rest.pop("record_ip", False)
+        client_ip = rest.pop("client_ip", None)
         if record_ip and not record_user_agent:
             raise ConfigurationError(
                 "record_ip=True records the address with the user agent, and "
@@ -463,18 +464,18 @@ class SessionMiddlewareCore:
         self._address_of = address_of
         #: Whether a sign-in records anything: the option, and an adapter that can read it.
         self.records = record_user_agent and user_agent_of is not None
-        if isinstance(store_or_database, SessionStore):
-            if keys is not None or store_options:
-                raise ConfigurationError(
-                    "Pass keys and store options to the SessionStore, not to the adapter, "
-                    "when you give it a store."
-                )
-            self.store = store_or_database
+        if not isinstance(store_or_database, SessionStore):
+            # What is left are store options; SessionStore refuses an unknown keyword.
+            self.store = SessionStore(store_or_database, **rest)
+        elif unknown := sorted(rest.keys() - StoreOptions.__optional_keys__):
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+        elif rest:
+            raise ConfigurationError(
+                "Pass keys and store options to the SessionStore, not to the adapter, "
+                "when you give it a store."
+            )
         else:
-            self.store = SessionStore(store_or_database, keys=keys, **store_options)
-        self.cookie = CookieOptions(
-            cookie_name, cookie_path, cookie_domain, cookie_secure, cookie_httponly, cookie_samesite
-        )
+            self.store = store_or_database
 
     def begin(
         self,
