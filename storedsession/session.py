@@ -259,8 +259,6 @@ class Session(MutableMapping[str, Any]):
 
     @user_id.setter
     def user_id(self, value: str | int | None) -> None:
-        if self._loader is not None:
-            self._load()
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, str | int):
                 raise TypeError(f"user_id takes a str or an int, not {type(value).__name__}.")
@@ -274,6 +272,8 @@ class Session(MutableMapping[str, Any]):
                     "user_id cannot hold a NUL character or a lone surrogate: "
                     "no database can store it."
                 )
+        if self._loader is not None:
+            self._load()
         self._user_id = value
 
     @property
