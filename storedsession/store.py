@@ -262,7 +262,8 @@ class SessionStore(SessionWrites, UserSessions):
 
     def delete(self, session: Session) -> None:
         """Delete the session's row now and leave ``session`` new and empty."""
-        handles = [h for h in (session._handle, session._doomed) if h is not None]
+        # session.handle, not _handle: the property loads a session the app never used.
+        handles = [h for h in (session.handle, session._doomed) if h is not None]
         if handles:
             with self._connection():
                 self._delete_handles(handles)
