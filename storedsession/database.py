@@ -219,7 +219,8 @@ def is_write_conflict(exc: BaseException) -> bool:
 _PASSWORDISH = re.compile(r"(password|passwd)=\S+", re.IGNORECASE)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """The first line of a driver's error, without anything that looks like a password."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return _PASSWORDISH.sub(r"\1=***", text)[:300]
 
@@ -289,7 +290,7 @@ class Connector:
         if missing:
             raise TableMissing(self.table_name) from exc
         raise StoreUnavailable(
-            f"The session database failed or cannot be reached ({_describe(exc)}). "
+            f"The session database failed or cannot be reached ({describe(exc)}). "
             "Nothing was saved; try again when it is back."
         ) from exc
 

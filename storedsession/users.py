@@ -12,7 +12,7 @@ import peewee
 from . import devices, ids, signals
 from .aio import offload
 from .crypto import DecryptionFailed
-from .database import is_sqlite, is_write_conflict
+from .database import describe, is_sqlite, is_write_conflict
 from .exceptions import SessionConflict
 from .logs import security_log
 from .session import Session, storable_text
@@ -242,7 +242,7 @@ class UserSessions:
                 if tries == MAX_CONFLICT_RETRIES:
                     raise SessionConflict(
                         "The user's sessions kept changing under this request; nothing was "
-                        "revoked. Try again."
+                        f"revoked. Try again. The database reported: {describe(exc)}."
                     ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 

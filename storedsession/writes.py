@@ -22,7 +22,7 @@ import peewee
 from . import devices, ids, serialization, signals
 from .aio import offload
 from .crypto import DecryptionFailed, KeyNotConfigured
-from .database import is_sqlite, is_write_conflict
+from .database import describe, is_sqlite, is_write_conflict
 from .exceptions import (
     SessionConflict,
     SessionInterrupted,
@@ -75,9 +75,10 @@ class _Conflict(Exception):
     """Internal: a versioned write matched no row."""
 
 
-def _unsettled() -> SessionConflict:
+def _unsettled(cause: BaseException | None = None) -> SessionConflict:
+    reported = "" if cause is None else f" The database reported: {describe(cause)}."
     return SessionConflict(
-        "The session kept changing under this request and could not be saved; try again."
+        "The session kept changing under this request and could not be saved; try again." + reported
     )
 
 
@@ -262,7 +263,7 @@ class SessionWrites:
                         if not is_write_conflict(exc):
                             raise
                         if time.monotonic() - started > MAX_CONFLICT_SECONDS:
-                            raise _unsettled() from exc
+                            raise _unsettled(exc) from exc
                     _restore(session, kept)
                     if tries:
                         time.sleep(random.uniform(0, 0.002 * tries))  # noqa: S311 - jitter

@@ -26,7 +26,13 @@ from typing import Any
 import peewee
 import pytest
 
-from storedsession import SessionInterrupted, SessionStore, StoreUnavailable, generate_key
+from storedsession import (
+    SessionConflict,
+    SessionInterrupted,
+    SessionStore,
+    StoreUnavailable,
+    generate_key,
+)
 from storedsession import writes as writes_module
 from storedsession.crypto import OVERHEAD
 from storedsession.database import is_write_conflict
@@ -227,7 +233,7 @@ def test_a_save_that_waited_too_long_for_a_lock_tries_again_then_gives_up(
             blocker.execute_sql(lock, (session.handle,))
             session["n"] = 2
             started = time.monotonic()
-            with pytest.raises(StoreUnavailable, match="1205"):
+            with pytest.raises(SessionConflict, match="1205"):
                 store.save(session)
             assert time.monotonic() - started < 5
             blocker.rollback()
