@@ -39,8 +39,7 @@ from storedsession import SessionStore
 from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.plugins.falcon import StoredSessionMiddleware
 
-from .conftest import backend_url
-from .support import fetch_rows
+from .support import backend_url, fetch_rows
 from .wire import Reply, wsgi_call
 
 ADAPTERS = ("bottle", "falcon-wsgi", "falcon-asgi")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REQUIRE_ALL, backend_url
+from .support import REQUIRE_ALL, backend_url
 
 ROOT = Path(__file__).parents[1]
 

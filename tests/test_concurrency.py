@@ -10,8 +10,7 @@ from storedsession import SessionConflict, SessionInterrupted, SessionStore, Sto
 from storedsession import users as users_module
 from storedsession import writes as writes_module
 
-from .conftest import backend_url
-from .support import fetch_rows, stored
+from .support import backend_url, fetch_rows, stored
 
 
 def test_different_keys_both_kept(store: SessionStore) -> None:

@@ -31,9 +31,8 @@ from storedsession import writes as writes_module
 from storedsession.crypto import OVERHEAD
 from storedsession.database import is_write_conflict
 
-from .conftest import REQUIRE_ALL, backend_url
 from .galera import Cluster
-from .support import stored
+from .support import REQUIRE_ALL, backend_url, stored
 
 galera = pytest.mark.galera
 TRIES = 200  # causal-read scenarios, each a few milliseconds

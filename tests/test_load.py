@@ -35,8 +35,7 @@ from storedsession import SessionStore
 from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.plugins.falcon import StoredSessionMiddleware
 
-from .conftest import backend_url
-from .support import fetch_rows
+from .support import backend_url, fetch_rows
 from .wire import SetCookie
 
 CLIENTS = 200  # concurrent keep-alive clients, each with a session of its own

@@ -15,9 +15,8 @@ import pytest
 
 from storedsession import SessionStore
 
-from .conftest import backend_url
 from .pgbouncer import POOL_SIZE
-from .support import stored
+from .support import backend_url, stored
 
 PROCESSES, THREADS, ROUNDS = 3, 8, 15
 
