@@ -18,6 +18,7 @@ import pytest
 
 from storedsession import SessionStore, generate_key
 
+from .fronts import FRONTS, Front, build
 from .support import BACKENDS, FakeClock, QueryCounter, backend_url, stop_pgbouncer
 
 
@@ -91,3 +92,9 @@ def count_queries() -> Callable[[Any], QueryCounter]:
         return QueryCounter(database)
 
     return counter
+
+
+@pytest.fixture(params=FRONTS)
+def front(request: pytest.FixtureRequest, store: SessionStore) -> Front:
+    """Bottle, Falcon WSGI or Falcon ASGI with the adapter on ``store`` (tests/fronts.py)."""
+    return build(request.param, store)
