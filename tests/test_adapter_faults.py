@@ -42,6 +42,9 @@ from storedsession.plugins.falcon import StoredSessionMiddleware
 from .support import backend_url, fetch_rows
 from .wire import Reply, wsgi_call
 
+# Fault injection: killed connections, closed ports and pool waits of seconds.
+pytestmark = pytest.mark.slow
+
 ADAPTERS = ("bottle", "falcon-wsgi", "falcon-asgi")
 DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306}
 PID_SQL = {"postgres": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}

@@ -15,6 +15,9 @@ import pytest
 
 from .support import REQUIRE_ALL, backend_url
 
+# A smoke run of both benchmarks, about 20 s each.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parents[1]
 
 

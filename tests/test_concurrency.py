@@ -139,6 +139,7 @@ def test_persistent_conflict_raises_instead_of_dropping(store, monkeypatch) -> N
     assert dict(store.load(sid)) == {"n": 1}
 
 
+@pytest.mark.slow
 def test_eight_threads_on_one_session(make_store) -> None:
     store = make_store()
     sid = stored(store, start=True)
@@ -167,6 +168,7 @@ def test_eight_threads_on_one_session(make_store) -> None:
     assert len(fetch_rows(store)) == 1
 
 
+@pytest.mark.slow
 def test_eight_threads_racing_a_delete(make_store) -> None:
     store = make_store()
     sid = stored(store, start=True)
@@ -221,6 +223,7 @@ def test_reapply_rules() -> None:
     assert type(reapply(base, ours, theirs)["num"]) is float  # 1 -> 1.0 is a change
 
 
+@pytest.mark.slow
 def test_a_row_locked_past_every_retry_raises_session_conflict(
     tmp_path, table_name, keys, monkeypatch
 ) -> None:

@@ -76,6 +76,7 @@ def test_an_app_database_and_sessions_apart(tmp_path, keys) -> None:
     store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "url",
     [

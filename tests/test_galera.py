@@ -199,6 +199,7 @@ def test_plain_mariadb_gets_no_causal_wait(mariadb_url, table_name) -> None:
         store.close()
 
 
+@pytest.mark.slow
 def test_a_save_that_waited_too_long_for_a_lock_tries_again_then_gives_up(
     mariadb_url, table_name, monkeypatch
 ) -> None:

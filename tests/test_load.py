@@ -38,6 +38,9 @@ from storedsession.plugins.falcon import StoredSessionMiddleware
 from .support import backend_url, fetch_rows
 from .wire import SetCookie
 
+# Load: hundreds of clients through real servers, seconds per test.
+pytestmark = pytest.mark.slow
+
 CLIENTS = 200  # concurrent keep-alive clients, each with a session of its own
 REQUESTS = 5  # requests per client
 STORM = 50  # concurrent requests on one session, each changing its own key

@@ -70,6 +70,7 @@ def _worker(url: str, keys: list[str], table: str, shared: str, number: int, out
     out.put({"errors": errors, "counts": counts})
 
 
+@pytest.mark.slow
 def test_processes_of_threads_far_beyond_the_pool_lose_nothing(
     bouncer_url, keys, table_name
 ) -> None:
