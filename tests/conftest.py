@@ -5,7 +5,8 @@ Server URLs come from ``STOREDSESSION_TEST_POSTGRES`` and ``STOREDSESSION_TEST_M
 PgBouncer in transaction-pooling mode that the run starts for itself (tests/pgbouncer.py).
 An unreachable server skips its tests, unless ``STOREDSESSION_REQUIRE_ALL_BACKENDS=1`` is
 set (CI), which makes them fail. Every test gets a table of its own, dropped afterwards,
-so runs can overlap.
+so runs can overlap. ``front`` runs a web test on each adapter (tests/fronts.py). Helpers
+live in tests/support.py: conftest.py imports from it, never the reverse.
 """
 
 from __future__ import annotations
