@@ -26,19 +26,19 @@ from .wire import Reply, wsgi_call
 
 
 @pytest.fixture
-def front(store: SessionStore) -> BottleFront:
-    """This module's only front: a fresh Bottle app with the plugin and the four routes."""
+def bottle_front(store: SessionStore) -> BottleFront:
+    """This module's front: a fresh Bottle app with the plugin and the four routes."""
     return BottleFront(store)
 
 
 @pytest.fixture
-def app(front: BottleFront) -> bottle.Bottle:
-    return front.app
+def app(bottle_front: BottleFront) -> bottle.Bottle:
+    return bottle_front.app
 
 
 @pytest.fixture
-def call(front: BottleFront) -> Any:
-    return front.get
+def call(bottle_front: BottleFront) -> Any:
+    return bottle_front.get
 
 
 def test_returned_response_carries_the_cookie(app, call, store) -> None:
@@ -69,8 +69,8 @@ def test_with_catchall_off_an_exception_escapes_and_saves_nothing(app, call, sto
     assert len(fetch_rows(store)) == 1
 
 
-def test_routes_skip_the_plugin(front, app, call, store, count_queries) -> None:
-    plugin = front.plugin
+def test_routes_skip_the_plugin(bottle_front, app, call, store, count_queries) -> None:
+    plugin = bottle_front.plugin
     seen: list[bool] = []
 
     @app.route("/off", storedsession=False)
