@@ -300,6 +300,7 @@ def _on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
     return done.returncode, b"".join(chunks).decode()
 
 
+@pytest.mark.slow
 def test_progress_bars_on_a_terminal_only(db, past, live, keys) -> None:
     add(past, 3)
     add(live, 1)
