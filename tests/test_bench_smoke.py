@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REQUIRE_ALL, backend_url
+from .support import REQUIRE_ALL, backend_url
+
+# A smoke run of both benchmarks, about 20 s each.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[1]
 

@@ -10,8 +10,7 @@ from storedsession import SessionConflict, SessionInterrupted, SessionStore, Sto
 from storedsession import users as users_module
 from storedsession import writes as writes_module
 
-from .conftest import backend_url
-from .support import fetch_rows, stored
+from .support import backend_url, fetch_rows, stored
 
 
 def test_different_keys_both_kept(store: SessionStore) -> None:
@@ -140,6 +139,7 @@ def test_persistent_conflict_raises_instead_of_dropping(store, monkeypatch) -> N
     assert dict(store.load(sid)) == {"n": 1}
 
 
+@pytest.mark.slow
 def test_eight_threads_on_one_session(make_store) -> None:
     store = make_store()
     sid = stored(store, start=True)
@@ -168,6 +168,7 @@ def test_eight_threads_on_one_session(make_store) -> None:
     assert len(fetch_rows(store)) == 1
 
 
+@pytest.mark.slow
 def test_eight_threads_racing_a_delete(make_store) -> None:
     store = make_store()
     sid = stored(store, start=True)
@@ -222,6 +223,7 @@ def test_reapply_rules() -> None:
     assert type(reapply(base, ours, theirs)["num"]) is float  # 1 -> 1.0 is a change
 
 
+@pytest.mark.slow
 def test_a_revoke_locked_out_past_every_retry_raises_session_conflict(
     tmp_path, table_name, keys, monkeypatch
 ) -> None:

@@ -37,9 +37,8 @@ from storedsession import writes as writes_module
 from storedsession.crypto import OVERHEAD
 from storedsession.database import is_write_conflict
 
-from .conftest import REQUIRE_ALL, backend_url
 from .galera import Cluster
-from .support import stored
+from .support import REQUIRE_ALL, backend_url, stored
 
 galera = pytest.mark.galera
 TRIES = 200  # causal-read scenarios, each a few milliseconds
@@ -206,6 +205,7 @@ def test_plain_mariadb_gets_no_causal_wait(mariadb_url, table_name) -> None:
         store.close()
 
 
+@pytest.mark.slow
 def test_a_save_that_waited_too_long_for_a_lock_tries_again_then_gives_up(
     mariadb_url, table_name, monkeypatch
 ) -> None:
