@@ -67,7 +67,9 @@ class _ForkSafe:
             self._forget_inherited()
 
     def is_closed(self) -> bool:
-        self._check_fork()  # on every use: the store asks before each statement
+        if self._state.closed:
+            return True  # nothing inherited to forget: connect() checks for a fork
+        self._check_fork()  # on every use of an open one: asked before each statement
         return bool(self._state.closed)
 
     def connect(self, reuse_if_open: bool = False) -> bool:
