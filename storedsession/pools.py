@@ -21,8 +21,10 @@ starts again with empty pool lists, fresh locks and fresh thread-local state.
 from __future__ import annotations
 
 import heapq
+import operator
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import peewee
@@ -170,21 +172,35 @@ class _CheckIdleOnly(_ForkSafe):
             entry = self._in_use.get(key)
             if entry is None:
                 return False
-            left = self._left(entry.timestamp)
-            if left <= 0:
+            if not self._mark(key, entry.timestamp):
                 return False  # stale: peewee's _close closes it
             del self._in_use[key]
             self._heap_counter += 1
             heapq.heappush(self._connections, (entry.timestamp, self._heap_counter, conn))
-            self._unchecked_until[key] = time.monotonic() + min(RECENT, left)
-            self._pool_available.notify()  # a thread may wait for a free connection
+            # A thread may wait for a free connection (peewee's connect() when the pool
+            # is full); the waiters are read under the condition's own lock, held here.
+            if self._pool_available._waiters:  # type: ignore[attr-defined]
+                self._pool_available.notify()
         return True
 
-    def _left(self, timestamp: float) -> float:
-        """Seconds before a connection opened at ``timestamp`` is stale (inf: never)."""
-        if not self._stale_timeout:
-            return float("inf")
-        return timestamp + self._stale_timeout - time.time()
+    def _mark(self, key: int, timestamp: float) -> bool:
+        """Mark a returned connection as reusable unchecked; False if it is stale.
+
+        It is reusable for ``RECENT`` seconds, or until it goes stale if that is sooner:
+        ``timestamp`` is when it was opened, by ``time.time()`` as peewee counts it.
+        """
+        now = time.monotonic()
+        stale = self._stale_timeout
+        if stale:
+            left = timestamp + stale - time.time()
+            if left <= 0:
+                self._unchecked_until.pop(key, None)  # closed: no mark for its address
+                return False
+            if left < RECENT:
+                self._unchecked_until[key] = now + left
+                return True
+        self._unchecked_until[key] = now + RECENT
+        return True
 
     def close_all(self) -> None:
         self._check_fork()
@@ -193,11 +209,8 @@ class _CheckIdleOnly(_ForkSafe):
     def _close(self, conn: Any, close_conn: bool = False) -> None:
         key = self.conn_key(conn)  # type: ignore[attr-defined]
         entry = self._in_use.get(key)
-        left = 0.0 if entry is None or close_conn else self._left(entry.timestamp)
-        if left > 0:
-            self._unchecked_until[key] = time.monotonic() + min(RECENT, left)
-        else:  # closed, not kept: no mark for the next connection at the same address
-            self._unchecked_until.pop(key, None)
+        if entry is None or close_conn or not self._mark(key, entry.timestamp):
+            self._unchecked_until.pop(key, None)  # closed, not kept
         super()._close(conn, close_conn)  # type: ignore[misc]
 
     def _is_closed(self, conn: Any) -> bool:
@@ -220,11 +233,23 @@ class PostgresPool(_CheckIdleOnly, PooledPostgresqlDatabase):
 
     _adapter: Any
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        adapter = self._adapter
+        # psycopg2's status asked directly: the adapter's method is one more Python call
+        # on every checkout and return.
+        self._txn_status: Callable[[Any], int] = (
+            operator.methodcaller("get_transaction_status")
+            if isinstance(adapter, peewee.Psycopg2Adapter)
+            else adapter.txn_status
+        )
+        self._txn_idle = adapter.txn_idle
+
     def _closed_locally(self, conn: Any) -> bool:
         return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
 
     def _idle(self, conn: Any) -> bool:
-        return not conn.closed and self._adapter.txn_status(conn) == self._adapter.txn_idle
+        return not conn.closed and self._txn_status(conn) == self._txn_idle
 
 
 class _CausalOnGalera(peewee.MySQLDatabase):

@@ -3,6 +3,7 @@ peewee's pool (a stale connection, an open transaction), on real servers."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -93,3 +94,29 @@ def test_a_connection_the_server_ended_is_replaced_after_the_recent_window(pool)
     pool.connect()
     assert _server_id(pool) != first
     pool.close()
+
+
+def test_a_thread_waiting_for_a_full_pool_wakes_when_a_connection_comes_back(url) -> None:
+    pool, _ = open_database(url + "?max_connections=1")
+    assert isinstance(pool, PostgresPool | MySQLPool)
+    try:
+        pool.connect()
+        got: list[float] = []
+
+        def wait_for_it() -> None:
+            pool.connect()
+            got.append(time.monotonic())
+            pool.close()
+
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not pool._pool_available._waiters and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert pool._pool_available._waiters, "the second thread never waited"
+        returned = time.monotonic()
+        pool.close()  # the quick return: it must wake the waiter, not leave it to time out
+        waiter.join(5)
+        assert got and got[0] - returned < 0.5  # peewee's wait would time out after 1 s
+    finally:
+        pool.close_all()
