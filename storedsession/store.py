@@ -20,7 +20,7 @@ from .exceptions import ConfigurationError, StoreUnavailable
 from .keys import parse_keys
 from .logs import log, security_log
 from .models import DEFAULT_TABLE, build_model, check_table_name
-from .session import Session, seconds
+from .session import Session, Stored, seconds
 from .sql import Statements
 from .users import UserSessions
 from .writes import SessionWrites
@@ -144,9 +144,10 @@ class SessionStore(SessionWrites, UserSessions):
 
         ``None`` means a browser-session cookie: no limit at all, or ``set_expiry(0)``.
         """
-        if session._expires is None or session._idle == 0:
+        stored = session._stored
+        if stored is None or stored.expires is None or session.idle_timeout == 0:
             return None
-        return max(0, math.ceil((session._expires - self.now()) / 1000))
+        return max(0, math.ceil((stored.expires - self.now()) / 1000))
 
     # -- schema --------------------------------------------------------------------
     def create_table(self) -> None:
@@ -236,19 +237,19 @@ class SessionStore(SessionWrites, UserSessions):
         except TypeError:  # SQLite keeps text written into an integer or a blob column
             security_log.warning("A stored session has a column of the wrong type.")
             return Session()
-        return Session._from_row(
-            data,
-            plaintext,
-            metadata,
-            value,
-            handle,
-            version,
-            created,
-            last_seen,
-            expires,
-            user_id,
-            idle,
+        stored = Stored(
+            public_id=value,
+            handle=handle,
+            user_id=user_id,
+            created=created,
+            last_seen=last_seen,
+            expires=expires,
+            idle=idle,
+            version=version,
+            plaintext=plaintext,
+            meta=metadata,
         )
+        return Session._from_row(stored, data)
 
     # -- delete and expire ---------------------------------------------------------
     def _delete_handles(self, handles: Sequence[str]) -> int:
@@ -262,13 +263,11 @@ class SessionStore(SessionWrites, UserSessions):
 
     def delete(self, session: Session) -> None:
         """Delete the session's row now and leave ``session`` new and empty."""
-        handles = [h for h in (session._handle, session._doomed) if h is not None]
+        handles = session._handles()
         if handles:
             with self._connection():
                 self._delete_handles(handles)
-        session._reset()
-        session._doomed = None
-        session._invalidated = True
+        session._deleted()
 
     def expire(
         self,
