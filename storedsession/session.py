@@ -11,32 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, MutableMapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, NamedTuple
 
 from . import devices, serialization
+from .lifetime import seconds, utc
 from .merge import reapply
-
-
-def _datetime(ms: int | None) -> datetime | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def seconds(value: float | timedelta | None, name: str) -> float | None:
-    """Normalise a duration given as seconds or a timedelta; ``None`` stays ``None``."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} takes seconds or a timedelta, not {type(value).__name__}.")
-    if value < 0:
-        raise ValueError(f"{name} cannot be negative.")
-    return value
-
 
 _CONTAINERS = (dict, list)
 
@@ -238,19 +219,21 @@ class Session(MutableMapping[str, Any]):
     def created_at(self) -> datetime | None:
         """When the session was first stored (UTC), ``None`` while new."""
         stored = self._stored
-        return None if stored is None else _datetime(stored.created)
+        return None if stored is None else utc(stored.created)
 
     @property
     def last_seen_at(self) -> datetime | None:
         """When the session was last written or touched (UTC), ``None`` while new."""
         stored = self._stored
-        return None if stored is None else _datetime(stored.last_seen)
+        return None if stored is None else utc(stored.last_seen)
 
     @property
     def expires_at(self) -> datetime | None:
         """When the stored session stops working (UTC); ``None`` while new or without limit."""
         stored = self._stored
-        return None if stored is None else _datetime(stored.expires)
+        if stored is None or stored.expires is None:
+            return None
+        return utc(stored.expires)
 
     @property
     def idle_timeout(self) -> int | None:

@@ -41,6 +41,7 @@ from .session import Action, Session, Stored
 if TYPE_CHECKING:
     from .crypto import Envelope, NoKeys
     from .database import Connector
+    from .lifetime import Lifetime
     from .sql import Statements
 
 
@@ -82,12 +83,10 @@ class SessionWrites:
         database: peewee.Database
         envelope: Envelope | NoKeys
         max_size: int
+        lifetime: Lifetime
         _connection: Connector
         _sql: Statements
-        _touch_ms: int
 
-        def now(self) -> int: ...
-        def _expiry(self, created: int, last_seen: int, session_idle: int | None) -> int | None: ...
         def _check_packet(self) -> None: ...
         def _delete_handles(self, handles: Sequence[str]) -> int: ...
         def delete(self, session: Session) -> None: ...
@@ -154,9 +153,9 @@ class SessionWrites:
 
     def _insert(self, session: Session, plaintext: bytes) -> Stored:
         """Insert the session under a freshly drawn id; return the stored value."""
-        now = self.now()
+        now = self.lifetime.now()
         user_id, idle, meta = session.user_id, session.idle_timeout, session._meta
-        expires = self._expiry(now, now, idle)
+        expires = self.lifetime.expiry(now, now, idle)
         for _ in range(MAX_ID_DRAWS):
             public_id = ids.new_public_id()
             handle = ids.handle_for(public_id)
@@ -232,22 +231,14 @@ class SessionWrites:
                 raise
         raise _unsettled()
 
-    def _seen_now(self, stored: Stored) -> int:
-        """Return the last-seen time to write: now, but never before the creation.
-
-        A row last seen before its creation reads as edited; a server whose clock runs a
-        little behind the one that created the session must not make it so.
-        """
-        return max(self.now(), stored.created)
-
     def _update_once(self, session: Session, plaintext: bytes, columns: bool) -> Stored:
         """Write the payload with one versioned ``UPDATE``; with ``columns``, the user id
         and idle timeout too."""
         stored = session._stored
         assert stored is not None
-        now = self._seen_now(stored)
+        now = self.lifetime.seen_now(stored.created)
         user_id, idle, meta = session.user_id, session.idle_timeout, session._meta
-        expires = self._expiry(stored.created, now, idle)
+        expires = self.lifetime.expiry(stored.created, now, idle)
         # Sealed to the columns this statement leaves in the row: changed ones are written
         # beside it, unchanged ones are the row's (the version proves it).
         sealed = self.envelope.seal(plaintext, stored.handle, user_id, stored.created, idle, meta)
@@ -282,12 +273,12 @@ class SessionWrites:
         """
         stored = session._stored
         assert stored is not None
-        now = self._seen_now(stored)
+        now = self.lifetime.seen_now(stored.created)
         old_handle, created = stored.handle, stored.created
         user_id, idle, meta = session.user_id, session.idle_timeout, session._meta
         public_id = ids.new_public_id()
         handle = ids.handle_for(public_id)
-        expires = self._expiry(created, now, idle)
+        expires = self.lifetime.expiry(created, now, idle)
         # Sealed to the new id and the columns the move leaves in the row (created_at stays).
         if user_id is not None:  # only a user's sessions are revoked by handle
             meta = {**meta, MOVED_FROM: old_handle}
@@ -366,10 +357,10 @@ class SessionWrites:
     def _touch(self, session: Session) -> Outcome:
         stored = session._stored
         assert stored is not None
-        now = self._seen_now(stored)
-        if now - stored.last_seen < self._touch_ms:
+        now = self.lifetime.seen_now(stored.created)
+        if now - stored.last_seen < self.lifetime.touch:
             return Outcome.NOTHING
-        expires = self._expiry(stored.created, now, stored.idle)
+        expires = self.lifetime.expiry(stored.created, now, stored.idle)
         if self._connection.rowcount(self._sql.touch, (now, expires, stored.handle)) != 1:
             return Outcome.NOTHING  # deleted meanwhile: nothing to refresh
         session._settle(stored._replace(last_seen=now, expires=expires))
