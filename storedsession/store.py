@@ -1,4 +1,12 @@
-"""The session store: load, save and delete encrypted sessions in a Peewee database."""
+"""The session store: load, save and delete encrypted sessions in a Peewee database.
+
+:class:`SessionStore` joins the table (its model, statements and connections), a
+:class:`~storedsession.lifetime.Lifetime` (timeouts and clock) and an envelope (the
+keys). It loads here, building a :class:`~storedsession.session.Session` from one
+:class:`~storedsession.session.Stored` value; it writes through
+:class:`~storedsession.writes.SessionWrites` and lists and revokes a user's sessions
+through :class:`~storedsession.users.UserSessions`.
+"""
 
 from __future__ import annotations
 

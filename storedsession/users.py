@@ -1,4 +1,8 @@
-"""A user's sessions: list them, sign out one device, sign out everywhere else."""
+"""A user's sessions: list them, sign out one device, sign out everywhere else.
+
+Reads rows, never a :class:`~storedsession.session.Session`'s state: a listed row is
+judged by the store's :class:`~storedsession.lifetime.Lifetime` as a load would judge it.
+"""
 
 from __future__ import annotations
 
