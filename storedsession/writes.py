@@ -264,14 +264,18 @@ class SessionWrites:
             raise _Conflict
         if signals.session_write.receivers:
             signals.session_write.send(self, sid=stored.handle)
-        return stored._replace(
-            user_id=user_id,
-            last_seen=now,
-            expires=expires,
-            idle=idle,
-            version=stored.version + 1,
-            plaintext=plaintext,
-            meta=meta,
+        # Built whole rather than with _replace(), which costs a few µs more per write.
+        return Stored(
+            stored.public_id,
+            stored.handle,
+            user_id,
+            stored.created,
+            now,
+            expires,
+            idle,
+            stored.version + 1,
+            plaintext,
+            meta,
         )
 
     def _regenerate_once(self, session: Session, plaintext: bytes) -> Stored:
@@ -374,7 +378,20 @@ class SessionWrites:
         expires = self.lifetime.expiry(stored.created, now, stored.idle)
         if self._connection.rowcount(self._sql.touch, (now, expires, stored.handle)) != 1:
             return Outcome.NOTHING  # deleted meanwhile: nothing to refresh
-        session._settle(stored._replace(last_seen=now, expires=expires))
+        session._settle(
+            Stored(
+                stored.public_id,
+                stored.handle,
+                stored.user_id,
+                stored.created,
+                now,
+                expires,
+                stored.idle,
+                stored.version,
+                stored.plaintext,
+                stored.meta,
+            )
+        )
         return Outcome.TOUCHED
 
     asave = offload(save)
