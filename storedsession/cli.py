@@ -31,7 +31,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .database import _describe, redact
+from .database import describe, redact
 from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
 from .expiry import MAX_BATCH
 from .keys import KEYS_ENV, generate_key, parse_keys
@@ -117,7 +117,7 @@ class _Command(click.Command):
             target = ctx.ensure_object(Target)
             raise DatabaseDown(
                 f"The session database {target.where()} failed or cannot be reached: "
-                f"{_describe(exc.__cause__ or exc)}"
+                f"{describe(exc.__cause__ or exc)}"
             ) from None
         except ConfigurationError as exc:
             raise BadUsage(str(exc)) from None

@@ -219,7 +219,8 @@ def is_write_conflict(exc: BaseException) -> bool:
 _PASSWORDISH = re.compile(r"(password|passwd)=\S+", re.IGNORECASE)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """The first line of a driver's error, without anything that looks like a password."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return _PASSWORDISH.sub(r"\1=***", text)[:300]
 
@@ -256,28 +257,62 @@ class Connector:
     def fetchone(self, sql: str, params: tuple[Any, ...]) -> Any:
         """Run a query and return its first row, connecting only if need be.
 
-        The hot path's shortcut for ``with connector(): ...``: with a connection already
-        open (a request holds one) it costs no guard object.
+        The hot path's shortcut for ``with connector(): ...``: it asks once whether a
+        connection is open and builds no guard object.
         """
         database = self.database
-        if database.is_closed():
-            with _Use(self):
+        if not database.is_closed():
+            try:
                 return database.execute_sql(sql, params).fetchone()
+            except _DATABASE_ERRORS as exc:
+                self.fail(exc, opened=False)
+        self.open()
         try:
-            return database.execute_sql(sql, params).fetchone()
-        except _DATABASE_ERRORS as exc:
-            self.fail(exc, opened=False)
+            row = database.execute_sql(sql, params).fetchone()
+        except BaseException as exc:
+            self.release(exc)
+            raise
+        self.release(None)
+        return row
 
     def rowcount(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run a statement and return how many rows it changed, as :meth:`fetchone`."""
         database = self.database
-        if database.is_closed():
-            with _Use(self):
+        if not database.is_closed():
+            try:
                 return int(database.execute_sql(sql, params).rowcount)
+            except _DATABASE_ERRORS as exc:
+                self.fail(exc, opened=False)
+        self.open()
         try:
-            return int(database.execute_sql(sql, params).rowcount)
+            count = int(database.execute_sql(sql, params).rowcount)
+        except BaseException as exc:
+            self.release(exc)
+            raise
+        self.release(None)
+        return count
+
+    def open(self) -> None:
+        """Connect (the caller saw no open connection); a failure is the store's error."""
+        try:
+            self.database.connect()
         except _DATABASE_ERRORS as exc:
             self.fail(exc, opened=False)
+
+    def release(self, exc: BaseException | None) -> None:
+        """End a use that :meth:`open` began: hand the connection back, or discard it.
+
+        A database error ``exc`` discards the connection and leaves as the store's error;
+        another exception leaves the connection to be handed back, for the caller to
+        re-raise.
+        """
+        if exc is not None and isinstance(exc, _DATABASE_ERRORS):
+            self.fail(exc, opened=True)
+        if not self.keep_open:
+            try:
+                self.database.close()
+            except Exception:
+                _discard(self.database)
 
     def fail(self, exc: BaseException, opened: bool) -> NoReturn:
         """Raise the store's error for a database error (closing what we opened)."""
@@ -289,7 +324,7 @@ class Connector:
         if missing:
             raise TableMissing(self.table_name) from exc
         raise StoreUnavailable(
-            f"The session database failed or cannot be reached ({_describe(exc)}). "
+            f"The session database failed or cannot be reached ({describe(exc)}). "
             "Nothing was saved; try again when it is back."
         ) from exc
 
@@ -317,23 +352,17 @@ class _Use:
         self.opened = False
 
     def __enter__(self) -> peewee.Database:
-        database = self.connector.database
-        if database.is_closed():
-            try:
-                database.connect()
-            except _DATABASE_ERRORS as exc:
-                self.connector.fail(exc, opened=False)
+        connector = self.connector
+        if connector.database.is_closed():
+            connector.open()
             self.opened = True
-        return database
+        return connector.database
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: object
     ) -> None:
-        opened, self.opened = self.opened, False
-        if exc is not None and isinstance(exc, _DATABASE_ERRORS):
-            self.connector.fail(exc, opened)
-        if opened and not self.connector.keep_open:
-            try:
-                self.connector.database.close()
-            except Exception:
-                _discard(self.connector.database)
+        if self.opened:
+            self.opened = False
+            self.connector.release(exc)
+        elif exc is not None and isinstance(exc, _DATABASE_ERRORS):
+            self.connector.fail(exc, opened=False)

@@ -20,12 +20,15 @@ starts again with empty pool lists, fresh locks and fresh thread-local state.
 
 from __future__ import annotations
 
+import heapq
+import operator
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import peewee
-from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
+from playhouse.pool import PoolConnection, PooledMySQLDatabase, PooledPostgresqlDatabase
 
 from . import forks
 
@@ -66,7 +69,9 @@ class _ForkSafe:
             self._forget_inherited()
 
     def is_closed(self) -> bool:
-        self._check_fork()  # on every use: the store asks before each statement
+        if self._state.closed:
+            return True  # nothing inherited to forget: connect() checks for a fork
+        self._check_fork()  # on every use of an open one: asked before each statement
         return bool(self._state.closed)
 
     def connect(self, reuse_if_open: bool = False) -> bool:
@@ -83,13 +88,29 @@ class SqliteKept(_ForkSafe, peewee.SqliteDatabase):
 
 
 class _CheckIdleOnly(_ForkSafe):
-    """Pool mixin: check a connection with a round trip only if it sat idle a while."""
+    """Pool mixin: check a connection with a round trip only if it sat idle a while.
+
+    A connection handed back idle (no transaction open, as the driver knows locally) is
+    marked with the moment until which it may be handed out again unchecked: ``RECENT``
+    seconds after its return, or sooner if its ``stale_timeout`` ends first. A checkout
+    that finds such a connection at the head of the pool takes it, and a return of an idle
+    connection puts it back, each under the pool's lock alone, without peewee's generic
+    ``connect()``/``close()``; everything else (an empty pool, a connection that sat idle,
+    a stale one, an open transaction, a full pool's wait) goes through peewee's own pool.
+    Both paths keep peewee's lists (``_connections``, ``_in_use``) as peewee keeps them,
+    so that ``max_connections``, ``close_all()`` and the waits work as they always did.
+    """
 
     _connections: list[Any]
     _in_use: dict[int, Any]
+    _heap_counter: int
+    _pool_lock: Any
+    _pool_available: threading.Condition
+    _stale_timeout: float | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._returned: dict[int, float] = {}
+        #: id of a returned connection -> monotonic time until which it is reused unchecked
+        self._unchecked_until: dict[int, float] = {}
         super().__init__(*args, **kwargs)
 
     def _forget_inherited(self) -> None:
@@ -97,32 +118,138 @@ class _CheckIdleOnly(_ForkSafe):
         forks.abandon(*(entry.connection for entry in self._in_use.values()))
         self._pool_lock = threading.RLock()
         self._pool_available = threading.Condition(self._pool_lock)
-        self._connections, self._in_use, self._returned = [], {}, {}
+        self._connections, self._in_use, self._unchecked_until = [], {}, {}
         super()._forget_inherited()
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        if self._generation != forks.generation():
+            self._forget_inherited()
+        state = self._state
+        if state.closed and self._connections:
+            conn = self._take_recent()
+            if conn is not None:
+                # Every close left ctx, transactions and commit_callbacks empty (peewee's
+                # reset() or _give_back's condition), so these two are all set_connection
+                # would change.
+                state.conn, state.closed = conn, False
+                return True
+        return super().connect(reuse_if_open)
+
+    def close(self) -> bool:
+        if self._generation != forks.generation():
+            self._forget_inherited()
+        state = self._state
+        if (
+            not state.closed
+            and not (state.transactions or state.ctx or state.commit_callbacks)
+            and self._give_back(state.conn)
+        ):
+            state.conn, state.closed = None, True
+            return True
+        return super().close()
+
+    def _take_recent(self) -> Any:
+        """Take the pool's head connection if it came back moments ago, else None."""
+        with self._pool_lock:
+            if not self._connections:
+                return None
+            timestamp, _, conn = self._connections[0]
+            key = id(conn)
+            until = self._unchecked_until.get(key)
+            if until is None or time.monotonic() >= until or not self._idle(conn):
+                return None  # peewee's _connect checks it (round trip) or discards it
+            heapq.heappop(self._connections)
+            del self._unchecked_until[key]
+            self._in_use[key] = PoolConnection(timestamp, conn, time.time())
+            return conn
+
+    def _give_back(self, conn: Any) -> bool:
+        """Put an idle connection that is not stale back in the pool; False if not done."""
+        if not self._idle(conn):
+            return False  # peewee's _close rolls back, or discards
+        key = id(conn)
+        with self._pool_lock:
+            entry = self._in_use.get(key)
+            if entry is None:
+                return False
+            if not self._mark(key, entry.timestamp):
+                return False  # stale: peewee's _close closes it
+            del self._in_use[key]
+            self._heap_counter += 1
+            heapq.heappush(self._connections, (entry.timestamp, self._heap_counter, conn))
+            # A thread may wait for a free connection (peewee's connect() when the pool
+            # is full); the waiters are read under the condition's own lock, held here.
+            if self._pool_available._waiters:  # type: ignore[attr-defined]
+                self._pool_available.notify()
+        return True
+
+    def _mark(self, key: int, timestamp: float) -> bool:
+        """Mark a returned connection as reusable unchecked; False if it is stale.
+
+        It is reusable for ``RECENT`` seconds, or until it goes stale if that is sooner:
+        ``timestamp`` is when it was opened, by ``time.time()`` as peewee counts it.
+        """
+        now = time.monotonic()
+        stale = self._stale_timeout
+        if stale:
+            left = timestamp + stale - time.time()
+            if left <= 0:
+                self._unchecked_until.pop(key, None)  # closed: no mark for its address
+                return False
+            if left < RECENT:
+                self._unchecked_until[key] = now + left
+                return True
+        self._unchecked_until[key] = now + RECENT
+        return True
 
     def close_all(self) -> None:
         self._check_fork()
         super().close_all()  # type: ignore[misc]
 
     def _close(self, conn: Any, close_conn: bool = False) -> None:
-        self._returned[self.conn_key(conn)] = time.monotonic()  # type: ignore[attr-defined]
+        key = self.conn_key(conn)  # type: ignore[attr-defined]
+        entry = self._in_use.get(key)
+        if entry is None or close_conn or not self._mark(key, entry.timestamp):
+            self._unchecked_until.pop(key, None)  # closed, not kept
         super()._close(conn, close_conn)  # type: ignore[misc]
 
     def _is_closed(self, conn: Any) -> bool:
-        returned = self._returned.pop(self.conn_key(conn), None)  # type: ignore[attr-defined]
-        if returned is not None and time.monotonic() - returned < RECENT:
+        until = self._unchecked_until.pop(self.conn_key(conn), None)  # type: ignore[attr-defined]
+        if until is not None and time.monotonic() < until:
             return self._closed_locally(conn)
         return bool(super()._is_closed(conn))  # type: ignore[misc]
 
     def _closed_locally(self, conn: Any) -> bool:
+        """Tell, without a round trip, that the driver knows ``conn`` is lost."""
+        raise NotImplementedError
+
+    def _idle(self, conn: Any) -> bool:
+        """Tell, without a round trip, that ``conn`` is open with no transaction."""
         raise NotImplementedError
 
 
 class PostgresPool(_CheckIdleOnly, PooledPostgresqlDatabase):
     """PostgreSQL URLs: psycopg knows locally when it lost the connection."""
 
+    _adapter: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        adapter = self._adapter
+        # psycopg2's status asked directly: the adapter's method is one more Python call
+        # on every checkout and return.
+        self._txn_status: Callable[[Any], int] = (
+            operator.methodcaller("get_transaction_status")
+            if isinstance(adapter, peewee.Psycopg2Adapter)
+            else adapter.txn_status
+        )
+        self._txn_idle = adapter.txn_idle
+
     def _closed_locally(self, conn: Any) -> bool:
         return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
+
+    def _idle(self, conn: Any) -> bool:
+        return not conn.closed and self._txn_status(conn) == self._txn_idle
 
 
 class _CausalOnGalera(peewee.MySQLDatabase):
@@ -160,11 +287,16 @@ class MySQLPool(_CheckIdleOnly, PooledMySQLDatabase, _CausalOnGalera):
     def _closed_locally(self, conn: Any) -> bool:
         return not getattr(conn, "open", False)
 
-    def _can_reuse(self, conn: Any) -> bool:
+    def _idle(self, conn: Any) -> bool:
         status = getattr(conn, "server_status", None)
-        if getattr(conn, "open", False) and status is not None and not status & _IN_TRANSACTION:
-            return True
-        return bool(super()._can_reuse(conn))
+        return (
+            bool(getattr(conn, "open", False))
+            and status is not None
+            and not (status & _IN_TRANSACTION)
+        )
+
+    def _can_reuse(self, conn: Any) -> bool:
+        return self._idle(conn) or bool(super()._can_reuse(conn))
 
 
 #: The database class of each URL scheme the store manages itself; other schemes go to

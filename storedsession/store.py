@@ -1,13 +1,20 @@
-"""The session store: load, save and delete encrypted sessions in a Peewee database."""
+"""The session store: load, save and delete encrypted sessions in a Peewee database.
+
+:class:`SessionStore` joins the table (its model, statements and connections), a
+:class:`~storedsession.lifetime.Lifetime` (timeouts and clock) and an envelope (the
+keys). It loads here, building a :class:`~storedsession.session.Session` from one
+:class:`~storedsession.session.Stored` value; it writes through
+:class:`~storedsession.writes.SessionWrites` and lists and revokes a user's sessions
+through :class:`~storedsession.users.UserSessions`.
+"""
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import peewee
@@ -18,9 +25,10 @@ from .crypto import OVERHEAD, DecryptionFailed, Envelope, NoKeys
 from .database import Connector, is_mysql, open_database
 from .exceptions import ConfigurationError, StoreUnavailable
 from .keys import parse_keys
+from .lifetime import Lifetime
 from .logs import log, security_log
 from .models import DEFAULT_TABLE, build_model, check_table_name
-from .session import Session, seconds
+from .session import Session, Stored
 from .sql import Statements
 from .users import UserSessions
 from .writes import SessionWrites
@@ -30,13 +38,6 @@ CREATE_ATTEMPTS = 5
 
 #: The ``keys=`` of a store built by :meth:`SessionStore.without_keys`.
 _WITHOUT_KEYS: Any = object()
-#: How far ahead of the store's clock a row's last-seen time may be (clocks of several
-#: servers differ a little) before the row counts as edited.
-LAST_SEEN_LEEWAY_MS = 5 * 60 * 1000
-
-
-def _ms(value: float | None) -> int | None:
-    return None if value is None else int(value * 1000)
 
 
 class SessionStore(SessionWrites, UserSessions):
@@ -70,9 +71,7 @@ class SessionStore(SessionWrites, UserSessions):
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 64:
             raise ConfigurationError("max_size must be a whole number of bytes, at least 64.")
         try:
-            self._idle = _ms(seconds(idle_timeout, "idle_timeout"))
-            self._absolute = _ms(seconds(absolute_timeout, "absolute_timeout"))
-            self._touch_ms = _ms(seconds(touch_interval, "touch_interval")) or 0
+            self.lifetime = Lifetime(idle_timeout, absolute_timeout, touch_interval, clock)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(str(exc)) from None
         self.max_size = max_size
@@ -85,7 +84,6 @@ class SessionStore(SessionWrites, UserSessions):
         )
         self._connection = Connector(self.database, table_name)
         self._sql = Statements.build(self.database, table_name)
-        self._clock = clock
         self._packet_checked = not is_mysql(self.database)
 
     @classmethod
@@ -104,49 +102,27 @@ class SessionStore(SessionWrites, UserSessions):
     @property
     def idle_timeout(self) -> timedelta | None:
         """The default idle timeout, or ``None``."""
-        return None if self._idle is None else timedelta(milliseconds=self._idle)
+        idle = self.lifetime.idle
+        return None if idle is None else timedelta(milliseconds=idle)
 
     @property
     def absolute_timeout(self) -> timedelta | None:
         """The absolute timeout counted from creation, or ``None``."""
-        return None if self._absolute is None else timedelta(milliseconds=self._absolute)
+        absolute = self.lifetime.absolute
+        return None if absolute is None else timedelta(milliseconds=absolute)
 
     def now(self) -> int:
         """Return the current time in epoch milliseconds, from the store's clock."""
-        if self._clock is None:
-            return int(time.time() * 1000)
-        moment = self._clock()
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
-
-    def _expiry(self, created: int, last_seen: int, session_idle: int | None) -> int | None:
-        # A session's own idle timeout of 0 or None means the store's, on the server.
-        idle = session_idle * 1000 if session_idle else self._idle
-        absolute = self._absolute
-        if idle is None:
-            return None if absolute is None else created + absolute
-        if absolute is None:
-            return last_seen + idle
-        return min(last_seen + idle, created + absolute)
-
-    def _alive(
-        self, created: int, last_seen: int, expires: int | None, idle: int | None, now: int
-    ) -> bool:
-        # The stored expiry and today's configuration must both agree.
-        if expires is not None and expires <= now:
-            return False
-        expiry = self._expiry(created, last_seen, idle)
-        return expiry is None or expiry > now
+        return self.lifetime.now()
 
     def cookie_max_age(self, session: Session) -> int | None:
         """Seconds the cookie should live: the session's remaining lifetime, or ``None``.
 
         ``None`` means a browser-session cookie: no limit at all, or ``set_expiry(0)``.
         """
-        if session._expires is None or session._idle == 0:
-            return None
-        return max(0, math.ceil((session._expires - self.now()) / 1000))
+        stored = session._stored
+        expires = None if stored is None else stored.expires
+        return self.lifetime.cookie_max_age(expires, session.idle_timeout)
 
     # -- schema --------------------------------------------------------------------
     def create_table(self) -> None:
@@ -212,17 +188,16 @@ class SessionStore(SessionWrites, UserSessions):
             security_log.info("Ignored an unknown session id.")
             return Session()
         payload, user_id, created, last_seen, expires, idle, version = row
-        now = self.now()
+        lifetime = self.lifetime
+        now = lifetime.now()
         try:
-            # Not sealed (a touch does not re-seal), so checked: an edited last-seen time
-            # could otherwise keep a session alive for ever.
-            if not created <= last_seen <= now + LAST_SEEN_LEEWAY_MS:
+            if not lifetime.plausible(created, last_seen, now):
                 security_log.warning(
                     "Ignored a stored session whose last-seen time is before its creation "
                     "or more than 5 minutes ahead of this store's clock."
                 )
                 return Session()
-            if not self._alive(created, last_seen, expires, idle, now):
+            if not lifetime.alive(created, last_seen, expires, idle, now):
                 log.debug("Ignored an expired session.")
                 return Session()
             metadata, plaintext = self.envelope.open(bytes(payload), handle, user_id, created, idle)
@@ -236,19 +211,12 @@ class SessionStore(SessionWrites, UserSessions):
         except TypeError:  # SQLite keeps text written into an integer or a blob column
             security_log.warning("A stored session has a column of the wrong type.")
             return Session()
-        return Session._from_row(
-            data,
-            plaintext,
-            metadata,
-            value,
-            handle,
-            version,
-            created,
-            last_seen,
-            expires,
-            user_id,
-            idle,
+        # Positional, each name the field's, in the row's order: keywords cost a NamedTuple
+        # a microsecond more on every load (measured here).
+        stored = Stored(
+            value, handle, user_id, created, last_seen, expires, idle, version, plaintext, metadata
         )
+        return Session._from_row(stored, data)
 
     # -- delete and expire ---------------------------------------------------------
     def _delete_handles(self, handles: Sequence[str]) -> int:
@@ -262,14 +230,11 @@ class SessionStore(SessionWrites, UserSessions):
 
     def delete(self, session: Session) -> None:
         """Delete the session's row now and leave ``session`` new and empty."""
-        # session.handle, not _handle: the property loads a session the app never used.
-        handles = [h for h in (session.handle, session._doomed) if h is not None]
+        handles = session._handles()
         if handles:
             with self._connection():
                 self._delete_handles(handles)
-        session._reset()
-        session._doomed = None
-        session._invalidated = True
+        session._deleted()
 
     def expire(
         self,

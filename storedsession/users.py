@@ -1,10 +1,14 @@
-"""A user's sessions: list them, sign out one device, sign out everywhere else."""
+"""A user's sessions: list them, sign out one device, sign out everywhere else.
+
+Reads rows, never a :class:`~storedsession.session.Session`'s state: a listed row is
+judged by the store's :class:`~storedsession.lifetime.Lifetime` as a load would judge it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import peewee
@@ -12,8 +16,9 @@ import peewee
 from . import devices, ids, signals
 from .aio import offload
 from .crypto import DecryptionFailed
-from .database import is_sqlite, is_write_conflict
+from .database import describe, is_sqlite, is_write_conflict
 from .exceptions import SessionConflict
+from .lifetime import Lifetime, utc
 from .logs import security_log
 from .session import Session, storable_text
 from .writes import MAX_CONFLICT_RETRIES, MOVED_FROM
@@ -43,10 +48,6 @@ class SessionInfo:
     ip: str | None = None
 
 
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 class UserSessions:
     """The user-facing methods of :class:`~storedsession.SessionStore`."""
 
@@ -54,13 +55,10 @@ class UserSessions:
         model: Any
         database: peewee.Database
         envelope: Envelope | NoKeys
+        lifetime: Lifetime
         _connection: Connector
         _sql: Statements
 
-        def now(self) -> int: ...
-        def _alive(
-            self, created: int, last_seen: int, expires: int | None, idle: int | None, now: int
-        ) -> bool: ...
         def _transaction(self) -> Any: ...
 
     def sessions_for(self, user_id: str | int) -> list[SessionInfo]:
@@ -72,7 +70,8 @@ class UserSessions:
         wanted = str(user_id)
         if not storable_text(wanted):
             return []  # no session can have it (and the driver would fail on it)
-        model, now = self.model, self.now()
+        model, lifetime = self.model, self.lifetime
+        now = lifetime.now()
         query = (
             model.select(
                 model.sid,
@@ -87,17 +86,15 @@ class UserSessions:
             .order_by(model.last_seen_at.desc())
             .tuples()
         )
-        from .store import LAST_SEEN_LEEWAY_MS  # here: store.py imports this module
-
         with self._connection():
             rows = list(query)
         listed = []
         for handle, created, seen, expires, idle, owner, payload in rows:
             # Exact in Python too: a MySQL table not yet upgraded matches loosely.
-            if owner != wanted or not self._alive(created, seen, expires, idle, now):
+            if owner != wanted or not lifetime.alive(created, seen, expires, idle, now):
                 continue
             try:
-                if not created <= seen <= now + LAST_SEEN_LEEWAY_MS:  # as load checks it
+                if not lifetime.plausible(created, seen, now):  # as load checks it
                     raise DecryptionFailed("its last-seen time was edited")
                 metadata, _ = self.envelope.open(bytes(payload), handle, owner, created, idle)
             except DecryptionFailed as exc:
@@ -110,9 +107,9 @@ class UserSessions:
             listed.append(
                 SessionInfo(
                     handle,
-                    _utc(created),
-                    _utc(seen),
-                    None if expires is None else _utc(expires),
+                    utc(created),
+                    utc(seen),
+                    None if expires is None else utc(expires),
                     agent,
                     devices.label(agent),
                     devices.stored(metadata, devices.IP),
@@ -242,7 +239,7 @@ class UserSessions:
                 if tries == MAX_CONFLICT_RETRIES:
                     raise SessionConflict(
                         "The user's sessions kept changing under this request; nothing was "
-                        "revoked. Try again."
+                        f"revoked. Try again. The database reported: {describe(exc)}."
                     ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -1,6 +1,11 @@
 """How a save lands: one INSERT or one versioned UPDATE, a merge when another request
 saved first, a new id at login, a throttled "last seen" otherwise.
 
+:meth:`Session._plan` decides which (an :class:`~storedsession.session.Action`); each
+statement here returns the :class:`~storedsession.session.Stored` value it left in the
+row, which the session adopts whole, and a retry that was rolled back restores the
+session's snapshot, so nothing here assigns a session's fields.
+
 Every statement that writes ``user_id``, ``idle_timeout`` or a new row writes a payload
 sealed to those very values (and to the creation time) beside them; the "last seen" touch
 changes none of them and re-seals nothing. The metadata map travels with the session and,
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +27,7 @@ import peewee
 from . import devices, ids, serialization, signals
 from .aio import offload
 from .crypto import DecryptionFailed, KeyNotConfigured
-from .database import is_sqlite, is_write_conflict
+from .database import describe, is_sqlite, is_write_conflict
 from .exceptions import (
     SessionConflict,
     SessionInterrupted,
@@ -31,12 +36,23 @@ from .exceptions import (
     UnknownKey,
 )
 from .logs import security_log
-from .merge import reapply
-from .session import Session
+from .session import (
+    DELETE,
+    INSERT,
+    METADATA,
+    NOTHING,
+    REGENERATE,
+    REPLACE,
+    TOUCH,
+    Action,
+    Session,
+    Stored,
+)
 
 if TYPE_CHECKING:
     from .crypto import Envelope, NoKeys
     from .database import Connector
+    from .lifetime import Lifetime
     from .sql import Statements
 
 
@@ -61,30 +77,15 @@ class Outcome(Enum):
     DELETED = "deleted"  #: the session is gone; send a deletion cookie
 
 
-#: Everything a save may change in a session: what a rolled-back attempt puts back.
-_SESSION_STATE = Session.__slots__
-
-
-def _restore(session: Session, kept: list[Any] | None) -> None:
-    if kept is not None:
-        for name, value in zip(_SESSION_STATE, kept, strict=True):
-            setattr(session, name, value)
-
-
 class _Conflict(Exception):
     """Internal: a versioned write matched no row."""
 
 
-def _unsettled() -> SessionConflict:
+def _unsettled(cause: BaseException | None = None) -> SessionConflict:
+    reported = "" if cause is None else f" The database reported: {describe(cause)}."
     return SessionConflict(
-        "The session kept changing under this request and could not be saved; try again."
+        "The session kept changing under this request and could not be saved; try again." + reported
     )
-
-
-def _signs_in(session: Session) -> bool:
-    """Tell whether saving ``session`` gives it a user: a new user id, or regenerate() with one."""
-    user = session._user_id
-    return user is not None and (session._regenerate or user != session._loaded_user_id)
 
 
 class SessionWrites:
@@ -94,18 +95,15 @@ class SessionWrites:
         database: peewee.Database
         envelope: Envelope | NoKeys
         max_size: int
+        lifetime: Lifetime
         _connection: Connector
         _sql: Statements
-        _touch_ms: int
 
-        def now(self) -> int: ...
-        def _expiry(self, created: int, last_seen: int, session_idle: int | None) -> int | None: ...
         def _check_packet(self) -> None: ...
         def _delete_handles(self, handles: Sequence[str]) -> int: ...
         def delete(self, session: Session) -> None: ...
 
-    def _plaintext(self, session: Session) -> bytes:
-        plaintext = serialization.dumps(session._data)
+    def _sized(self, plaintext: bytes) -> bytes:
         if len(plaintext) > self.max_size:
             raise SessionTooLarge(len(plaintext), self.max_size)
         return plaintext
@@ -123,55 +121,29 @@ class SessionWrites:
         pass: a callable returning the request's raw user agent and address, called only
         then), records those in place of any earlier ones, encrypted with the session.
         """
-        if session.new:
-            if not session._data and session._user_id is None:
-                if session._doomed is None:
-                    return Outcome.NOTHING
-                self.delete(session)
-                return Outcome.DELETED
-            plaintext = self._plaintext(session)
-            signed_in = session._user_id is not None
-            if signed_in and client is not None:
-                session._meta = devices.recorded(session._meta, client)
-            with self._connection():
-                self._check_packet()
-                if session._doomed is None:
-                    self._insert(session, plaintext)
-                else:
-                    with self._transaction():
-                        self._delete_handles([session._doomed])
-                        self._insert(session, plaintext)
-                    session._doomed = None
-            if signed_in:
-                self._signed_in(session)
-            return Outcome.WRITTEN
-        metadata_changed = (
-            session._user_id != session._loaded_user_id or session._idle != session._loaded_idle
-        )
-        if session._regenerate or metadata_changed or session._dirty or session._exposed:
-            # Serialize once: the same bytes tell whether anything changed and get written.
-            plaintext = self._plaintext(session)
-            signed_in = _signs_in(session)
-            if signed_in:
-                if client is not None:
-                    session._meta = devices.recorded(session._meta, client)
-            elif session._user_id is None and session._meta:
-                session._meta = devices.without_client(session._meta)  # signed out
-            if session._regenerate:
-                self._write(session, plaintext, self._regenerate_once)
-            elif metadata_changed or plaintext != session._loaded:
-                self._write(session, plaintext, self._update_once)
-            else:
-                return self._touch(session)
-            if signed_in:
-                self._signed_in(session)
-            return Outcome.WRITTEN
-        return self._touch(session)
+        action, plaintext = session._plan()
+        if action is TOUCH:
+            return self._touch(session)
+        if action is NOTHING:
+            return Outcome.NOTHING
+        if action is DELETE:
+            self.delete(session)
+            return Outcome.DELETED
+        assert plaintext is not None
+        self._sized(plaintext)
+        signed_in = session._record_client(client)
+        if action is INSERT or action is REPLACE:
+            self._create(session, plaintext, replace=action is REPLACE)
+        else:
+            self._write(session, plaintext, action)
+        if signed_in:
+            self._signed_in(session)
+        return Outcome.WRITTEN
 
     def _signed_in(self, session: Session) -> None:
         # The user id as stored: a merge may have taken another request's.
-        if session._user_id is not None and signals.session_signed_in.receivers:
-            signals.session_signed_in.send(self, sid=session._handle, user_id=session._user_id)
+        if session.user_id is not None and signals.session_signed_in.receivers:
+            signals.session_signed_in.send(self, sid=session.handle, user_id=session.user_id)
 
     def _transaction(self) -> Any:
         if is_sqlite(self.database):
@@ -179,26 +151,28 @@ class SessionWrites:
             return self.database.atomic("IMMEDIATE")
         return self.database.atomic()
 
-    def _insert(self, session: Session, plaintext: bytes) -> None:
-        """Insert the session under a freshly drawn id, then let it take that id."""
-        now = self.now()
-        created = session._created if session._created is not None else now
-        now = max(now, created)  # see _seen_now
-        expires = self._expiry(created, now, session._idle)
+    def _create(self, session: Session, plaintext: bytes, replace: bool) -> None:
+        """Insert a new session; with ``replace``, delete the rows it was invalidated from."""
+        with self._connection():
+            self._check_packet()
+            if replace:
+                with self._transaction():
+                    self._delete_handles(session._handles())
+                    stored = self._insert(session, plaintext)
+            else:
+                stored = self._insert(session, plaintext)
+        session._settle(stored)
+
+    def _insert(self, session: Session, plaintext: bytes) -> Stored:
+        """Insert the session under a freshly drawn id; return the stored value."""
+        now = self.lifetime.now()
+        user_id, idle, meta = session.user_id, session.idle_timeout, session._meta
+        expires = self.lifetime.expiry(now, now, idle)
         for _ in range(MAX_ID_DRAWS):
             public_id = ids.new_public_id()
             handle = ids.handle_for(public_id)
-            params = (
-                handle,
-                self.envelope.seal(
-                    plaintext, handle, session._user_id, created, session._idle, session._meta
-                ),
-                session._user_id,
-                created,
-                now,
-                expires,
-                session._idle,
-            )
+            sealed = self.envelope.seal(plaintext, handle, user_id, now, idle, meta)
+            params = (handle, sealed, user_id, now, now, expires, idle)
             try:
                 cursor = self.database.execute_sql(self._sql.insert, params)
             except peewee.IntegrityError:
@@ -210,20 +184,17 @@ class SessionWrites:
             # 0 rows: ON CONFLICT DO NOTHING met a stored id; never write over it
         else:
             raise StoreUnavailable("Could not draw an unused session id; try again.")
-        session._public_id, session._handle, session._version = public_id, handle, 1
-        session._created, session._last_seen, session._expires = created, now, expires
-        session._loaded, session._regenerate = plaintext, False
-        session._loaded_user_id, session._loaded_idle = session._user_id, session._idle
         if signals.session_write.receivers:
             signals.session_write.send(self, sid=handle)
+        return Stored(public_id, handle, user_id, now, now, expires, idle, 1, plaintext, meta)
 
-    def _write(
-        self,
-        session: Session,
-        plaintext: bytes,
-        attempt: Callable[[Session, bytes], None],
-    ) -> None:
-        """Write with ``attempt``; after losing a race, re-read, re-apply and try again.
+    def _attempt(self, session: Session, plaintext: bytes, action: Action) -> Stored:
+        if action is REGENERATE:
+            return self._regenerate_once(session, plaintext)
+        return self._update_once(session, plaintext, columns=action is METADATA)
+
+    def _write(self, session: Session, plaintext: bytes, action: Action) -> None:
+        """Write as ``action`` says; after losing a race, re-read, re-apply and try again.
 
         A race is lost when a versioned statement matches no row (another request saved
         first), or when the database reports a write conflict (:func:`is_write_conflict`:
@@ -234,25 +205,25 @@ class SessionWrites:
         """
         with self._connection():
             self._check_packet()
-            kept: list[Any] | None = None
+            kept = None
             started = time.monotonic()
             try:
                 for tries in range(MAX_CONFLICT_RETRIES + 1):
                     try:
-                        if tries == 0:
-                            attempt(session, plaintext)  # one statement: nothing to undo
+                        if tries == 0:  # one statement: nothing to undo
+                            session._settle(self._attempt(session, plaintext, action))
                             return
                         if kept is None:
-                            kept = [getattr(session, name) for name in _SESSION_STATE]
+                            kept = session._snapshot()
                         # Re-read and re-apply under a row lock, so that no other writer on
                         # this server can move the version before this one writes
                         # (optimistic retries alone starve a request when several write
                         # the same session at once). Galera's lock is the node's own:
                         # another node's write shows as a write conflict.
                         with self._transaction():
-                            if tries:
-                                plaintext = self._merge_latest(session, lock=True)
-                            attempt(session, plaintext)
+                            plaintext = self._merge_latest(session, lock=True)
+                            stored = self._attempt(session, plaintext, action)
+                        session._settle(stored)  # committed
                         return
                     except _Conflict:
                         pass
@@ -262,51 +233,53 @@ class SessionWrites:
                         if not is_write_conflict(exc):
                             raise
                         if time.monotonic() - started > MAX_CONFLICT_SECONDS:
-                            raise _unsettled() from exc
-                    _restore(session, kept)
-                    if tries:
+                            raise _unsettled(exc) from exc
+                    if kept is not None:
+                        session._restore(kept)
                         time.sleep(random.uniform(0, 0.002 * tries))  # noqa: S311 - jitter
             except BaseException:
-                _restore(session, kept)
+                if kept is not None:
+                    session._restore(kept)
                 raise
         raise _unsettled()
 
-    def _seen_now(self, session: Session) -> int:
-        """Return the last-seen time to write: now, but never before the creation.
-
-        A row last seen before its creation reads as edited; a server whose clock runs a
-        little behind the one that created the session must not make it so.
-        """
-        assert session._created is not None
-        return max(self.now(), session._created)
-
-    def _update_once(self, session: Session, plaintext: bytes) -> None:
-        now = self._seen_now(session)
-        handle = session._handle
-        assert handle is not None and session._created is not None
-        expires = self._expiry(session._created, now, session._idle)
+    def _update_once(self, session: Session, plaintext: bytes, columns: bool) -> Stored:
+        """Write the payload with one versioned ``UPDATE``; with ``columns``, the user id
+        and idle timeout too."""
+        stored = session._stored
+        assert stored is not None
+        now = self.lifetime.seen_now(stored.created)
+        user_id, idle, meta = session.user_id, session.idle_timeout, session._meta
+        expires = self.lifetime.expiry(stored.created, now, idle)
         # Sealed to the columns this statement leaves in the row: changed ones are written
         # beside it, unchanged ones are the row's (the version proves it).
-        sealed = self.envelope.seal(
-            plaintext, handle, session._user_id, session._created, session._idle, session._meta
-        )
+        sealed = self.envelope.seal(plaintext, stored.handle, user_id, stored.created, idle, meta)
         params: tuple[Any, ...]
-        if session._user_id != session._loaded_user_id or session._idle != session._loaded_idle:
-            sql, params = (
-                self._sql.update,
-                (sealed, session._user_id, now, expires, session._idle, handle, session._version),
-            )
+        if columns:
+            sql = self._sql.update
+            params = (sealed, user_id, now, expires, idle, stored.handle, stored.version)
         else:
-            sql, params = self._sql.update_data, (sealed, now, expires, handle, session._version)
+            sql = self._sql.update_data
+            params = (sealed, now, expires, stored.handle, stored.version)
         if self.database.execute_sql(sql, params).rowcount != 1:
             raise _Conflict
-        session._version += 1
-        session._last_seen, session._expires, session._loaded = now, expires, plaintext
-        session._loaded_user_id, session._loaded_idle = session._user_id, session._idle
         if signals.session_write.receivers:
-            signals.session_write.send(self, sid=handle)
+            signals.session_write.send(self, sid=stored.handle)
+        # Built whole rather than with _replace(), which costs a few µs more per write.
+        return Stored(
+            stored.public_id,
+            stored.handle,
+            user_id,
+            stored.created,
+            now,
+            expires,
+            idle,
+            stored.version + 1,
+            plaintext,
+            meta,
+        )
 
-    def _regenerate_once(self, session: Session, plaintext: bytes) -> None:
+    def _regenerate_once(self, session: Session, plaintext: bytes) -> Stored:
         """Move the row to a freshly drawn id: one versioned ``UPDATE`` of its key.
 
         A move, not an INSERT of a new row and a DELETE of the old one, because a concurrent
@@ -314,28 +287,27 @@ class SessionWrites:
         new row, a revoke that waited for the old one finds it gone, and the new row is not
         in the snapshot it reads; an updated row is followed. Also one statement, not three.
         """
-        now = self._seen_now(session)
-        old_handle = session._handle
-        assert old_handle is not None and session._created is not None
+        stored = session._stored
+        assert stored is not None
+        now = self.lifetime.seen_now(stored.created)
+        old_handle, created = stored.handle, stored.created
+        user_id, idle, meta = session.user_id, session.idle_timeout, session._meta
         public_id = ids.new_public_id()
         handle = ids.handle_for(public_id)
-        expires = self._expiry(session._created, now, session._idle)
+        expires = self.lifetime.expiry(created, now, idle)
         # Sealed to the new id and the columns the move leaves in the row (created_at stays).
-        metadata = session._meta
-        if session._user_id is not None:  # only a user's sessions are revoked by handle
-            metadata = {**metadata, MOVED_FROM: old_handle}
-        sealed = self.envelope.seal(
-            plaintext, handle, session._user_id, session._created, session._idle, metadata
-        )
+        if user_id is not None:  # only a user's sessions are revoked by handle
+            meta = {**meta, MOVED_FROM: old_handle}
+        sealed = self.envelope.seal(plaintext, handle, user_id, created, idle, meta)
         params: tuple[Any, ...] = (
             handle,
             sealed,
-            session._user_id,
+            user_id,
             now,
             expires,
-            session._idle,
+            idle,
             old_handle,
-            session._version,
+            stored.version,
         )
         if self._sql.insert_ignores_conflict:  # these dialects also guard the move in SQL
             params += (handle,)
@@ -347,22 +319,21 @@ class SessionWrites:
             # Another request saved first, the row is gone, or (never, in practice) the
             # drawn id is taken: re-read under a lock and retry with a new draw.
             raise _Conflict
-        session._public_id, session._handle, session._version = public_id, handle, 1
-        session._last_seen, session._expires, session._meta = now, expires, metadata
-        session._loaded, session._regenerate = plaintext, False
-        session._loaded_user_id, session._loaded_idle = session._user_id, session._idle
         if signals.session_write.receivers:
             signals.session_write.send(self, sid=handle)
         if signals.session_delete.receivers:
             signals.session_delete.send(self, sid=old_handle)
+        return Stored(public_id, handle, user_id, created, now, expires, idle, 1, plaintext, meta)
 
     def _merge_latest(self, session: Session, lock: bool = False) -> bytes:
         """Re-read a session that another request saved first and re-apply our changes.
 
-        With ``lock``, the row stays locked until the caller's transaction ends.
+        Returns the merged data to write. With ``lock``, the row stays locked until the
+        caller's transaction ends.
         """
-        handle = session._handle
-        assert handle is not None and session._loaded is not None
+        stored = session._stored
+        assert stored is not None
+        handle = stored.handle
         sql = self._sql.select_for_update if lock else self._sql.select
         row = self.database.execute_sql(sql, (handle,)).fetchone()
         if row is None:
@@ -371,15 +342,10 @@ class SessionWrites:
                 "request used it."
             )
             raise SessionInterrupted()
-        mine_user, mine_idle = session._user_id, session._idle
-        user_changed = mine_user != session._loaded_user_id
-        idle_changed = mine_idle != session._loaded_idle
         payload, user_id, created, last_seen, expires, idle, version = row
         try:
-            their_meta, latest_plain = self.envelope.open(
-                bytes(payload), handle, user_id, created, idle
-            )
-            theirs = serialization.loads(latest_plain)
+            meta, plaintext = self.envelope.open(bytes(payload), handle, user_id, created, idle)
+            theirs = serialization.loads(plaintext)
         except KeyNotConfigured:
             raise UnknownKey(
                 "Another process rewrote the session under a key this store does not have; "
@@ -390,30 +356,43 @@ class SessionWrites:
                 "The session was changed by another request in a form this store cannot "
                 "read (check the keys); nothing was saved."
             ) from None
-        merged = reapply(serialization.loads(session._loaded), session._data, theirs)
-        session._data = merged
-        session._loaded = latest_plain
-        session._version = version
-        session._created, session._last_seen, session._expires = created, last_seen, expires
-        session._loaded_user_id, session._loaded_idle = user_id, idle
-        session._user_id = mine_user if user_changed else user_id
-        session._idle = mine_idle if idle_changed else idle
-        # The device details belong to whoever signed the session in last.
-        if not (user_changed or (session._regenerate and mine_user is not None)):
-            session._meta = their_meta
-        if session._user_id is None and session._meta:
-            session._meta = devices.without_client(session._meta)
-        return self._plaintext(session)
+        latest = Stored(
+            public_id=stored.public_id,
+            handle=handle,
+            user_id=user_id,
+            created=created,
+            last_seen=last_seen,
+            expires=expires,
+            idle=idle,
+            version=version,
+            plaintext=plaintext,
+            meta=meta,
+        )
+        return self._sized(session._rebase(latest, theirs))
 
     def _touch(self, session: Session) -> Outcome:
-        now = self._seen_now(session)
-        assert session._last_seen is not None and session._created is not None
-        if now - session._last_seen < self._touch_ms:
+        stored = session._stored
+        assert stored is not None
+        now = self.lifetime.seen_now(stored.created)
+        if now - stored.last_seen < self.lifetime.touch:
             return Outcome.NOTHING
-        expires = self._expiry(session._created, now, session._idle)
-        if self._connection.rowcount(self._sql.touch, (now, expires, session._handle)) != 1:
+        expires = self.lifetime.expiry(stored.created, now, stored.idle)
+        if self._connection.rowcount(self._sql.touch, (now, expires, stored.handle)) != 1:
             return Outcome.NOTHING  # deleted meanwhile: nothing to refresh
-        session._last_seen, session._expires = now, expires
+        session._settle(
+            Stored(
+                stored.public_id,
+                stored.handle,
+                stored.user_id,
+                stored.created,
+                now,
+                expires,
+                stored.idle,
+                stored.version,
+                stored.plaintext,
+                stored.meta,
+            )
+        )
         return Outcome.TOUCHED
 
     asave = offload(save)

@@ -5,66 +5,26 @@ Server URLs come from ``STOREDSESSION_TEST_POSTGRES`` and ``STOREDSESSION_TEST_M
 PgBouncer in transaction-pooling mode that the run starts for itself (tests/pgbouncer.py).
 An unreachable server skips its tests, unless ``STOREDSESSION_REQUIRE_ALL_BACKENDS=1`` is
 set (CI), which makes them fail. Every test gets a table of its own, dropped afterwards,
-so runs can overlap.
+so runs can overlap. ``front`` runs a web test on each adapter (tests/fronts.py). Helpers
+live in tests/support.py: conftest.py imports from it, never the reverse.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from playhouse import db_url
 
 from storedsession import SessionStore, generate_key
 
-from .pgbouncer import PgBouncer
-from .support import FakeClock, QueryCounter
-
-SERVER_URLS = {
-    "postgres": os.environ.get(
-        "STOREDSESSION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-    ),
-    "mysql": os.environ.get("STOREDSESSION_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test"),
-}
-BACKENDS = ("sqlite", "postgres", "mysql", "pgbouncer")
-REQUIRE_ALL = os.environ.get("STOREDSESSION_REQUIRE_ALL_BACKENDS") == "1"
-_reachable: dict[str, str | None] = {}
-_bouncer = PgBouncer(SERVER_URLS["postgres"])
+from .fronts import FRONTS, Front, build
+from .support import BACKENDS, FakeClock, QueryCounter, backend_url, stop_pgbouncer
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    _bouncer.stop()
-
-
-def _probe(backend: str) -> str | None:
-    """Return why ``backend`` cannot be used, or None when it answers."""
-    if backend not in _reachable:
-        try:
-            if backend == "pgbouncer":
-                SERVER_URLS["pgbouncer"] = _bouncer.start()
-            database = db_url.connect(SERVER_URLS[backend])
-            database.connect()
-            database.execute_sql("SELECT 1")
-            database.close()
-            _reachable[backend] = None
-        except Exception as exc:
-            _reachable[backend] = f"{backend} is not reachable: {type(exc).__name__}: {exc}"
-    return _reachable[backend]
-
-
-def backend_url(backend: str, tmp_path: Any) -> str:
-    """Return a database URL for ``backend``, skipping (or failing in CI) if it is down."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path}/sessions.db"
-    problem = _probe(backend)
-    if problem:
-        if REQUIRE_ALL:
-            pytest.fail(problem + " (STOREDSESSION_REQUIRE_ALL_BACKENDS=1)")
-        pytest.skip(problem)
-    return SERVER_URLS[backend]
+    stop_pgbouncer()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -133,3 +93,9 @@ def count_queries() -> Callable[[Any], QueryCounter]:
         return QueryCounter(database)
 
     return counter
+
+
+@pytest.fixture(params=FRONTS)
+def front(request: pytest.FixtureRequest, store: SessionStore) -> Front:
+    """Bottle, Falcon WSGI or Falcon ASGI with the adapter on ``store`` (tests/fronts.py)."""
+    return build(request.param, store)

@@ -1,13 +1,66 @@
-"""Helpers shared by the tests (fixtures live in conftest.py)."""
+"""Helpers shared by the tests: backends, a clock, a query counter, rows as stored.
+
+Fixtures live in conftest.py, which imports from here (never the reverse); test modules
+import helpers from here, never from conftest.py or from one another.
+"""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import peewee
+import pytest
+from playhouse import db_url
 
 from storedsession import SessionStore
+
+from .pgbouncer import PgBouncer
+
+SERVER_URLS = {
+    "postgres": os.environ.get(
+        "STOREDSESSION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+    "mysql": os.environ.get("STOREDSESSION_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test"),
+}
+BACKENDS = ("sqlite", "postgres", "mysql", "pgbouncer")
+REQUIRE_ALL = os.environ.get("STOREDSESSION_REQUIRE_ALL_BACKENDS") == "1"
+_reachable: dict[str, str | None] = {}
+_bouncer = PgBouncer(SERVER_URLS["postgres"])
+
+
+def stop_pgbouncer() -> None:
+    """Stop the PgBouncer a ``pgbouncer`` test started (at the end of the run)."""
+    _bouncer.stop()
+
+
+def _probe(backend: str) -> str | None:
+    """Return why ``backend`` cannot be used, or None when it answers."""
+    if backend not in _reachable:
+        try:
+            if backend == "pgbouncer":
+                SERVER_URLS["pgbouncer"] = _bouncer.start()
+            database = db_url.connect(SERVER_URLS[backend])
+            database.connect()
+            database.execute_sql("SELECT 1")
+            database.close()
+            _reachable[backend] = None
+        except Exception as exc:
+            _reachable[backend] = f"{backend} is not reachable: {type(exc).__name__}: {exc}"
+    return _reachable[backend]
+
+
+def backend_url(backend: str, tmp_path: Any) -> str:
+    """Return a database URL for ``backend``, skipping (or failing in CI) if it is down."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/sessions.db"
+    problem = _probe(backend)
+    if problem:
+        if REQUIRE_ALL:
+            pytest.fail(problem + " (STOREDSESSION_REQUIRE_ALL_BACKENDS=1)")
+        pytest.skip(problem)
+    return SERVER_URLS[backend]
 
 
 class FakeClock:

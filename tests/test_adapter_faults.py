@@ -39,9 +39,11 @@ from storedsession import SessionStore
 from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.plugins.falcon import StoredSessionMiddleware
 
-from .conftest import backend_url
-from .support import fetch_rows
+from .support import backend_url, fetch_rows
 from .wire import Reply, wsgi_call
+
+# Fault injection: killed connections, closed ports and pool waits of seconds.
+pytestmark = pytest.mark.slow
 
 ADAPTERS = ("bottle", "falcon-wsgi", "falcon-asgi")
 DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306}

@@ -25,7 +25,7 @@ import pytest
 
 from storedsession import SessionStore, generate_key
 
-from .conftest import REQUIRE_ALL
+from .support import REQUIRE_ALL
 
 try:
     from playwright.sync_api import Page, expect, sync_playwright

@@ -196,6 +196,7 @@ def test_expire_takes_the_database_from_the_environment(database_url, table_name
     assert_ok(result, "Expired 1 sessions.\n")
 
 
+@pytest.mark.slow
 def test_expire_console_script_needs_no_keys(db, past, live) -> None:
     add(past, 2)
     kept = {s.handle for s in add(live, 1)}
@@ -247,6 +248,7 @@ def test_expire_with_max_load_removes_the_same(db, past, live) -> None:
     assert handles(live) == kept
 
 
+@pytest.mark.slow
 def test_expire_max_seconds_stops_cleanly_and_says_how_many(db, past, live) -> None:
     add(past, 200)
     kept = {s.handle for s in add(live, 1)}
@@ -298,6 +300,7 @@ def _on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
     return done.returncode, b"".join(chunks).decode()
 
 
+@pytest.mark.slow
 def test_progress_bars_on_a_terminal_only(db, past, live, keys) -> None:
     add(past, 3)
     add(live, 1)
@@ -655,6 +658,7 @@ def test_no_database_given(command, keys) -> None:
     assert_error(result, 2, "No database given", "--database", "STOREDSESSION_DATABASE_URL")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", sorted(SECRET_URLS))
 @pytest.mark.parametrize("command", DB_COMMANDS, ids=" ".join)
 def test_unreachable_server_without_the_password(command, server, keys) -> None:
@@ -670,6 +674,7 @@ def test_unreachable_sqlite(tmp_path) -> None:
     assert_error(invoke("stats", "--database", url), 3, "cannot be reached", url)
 
 
+@pytest.mark.slow
 def test_console_script_error_is_one_line(keys) -> None:
     done = script("storedsession-expire", "--database", SECRET_URLS["postgres"])
     assert done.returncode == 3 and done.stdout == ""

@@ -26,8 +26,7 @@ from storedsession import ConfigurationError, SessionStore
 from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.plugins.falcon import StoredSessionMiddleware
 
-from .conftest import backend_url
-from .support import stored
+from .support import backend_url, stored
 from .wire import wsgi_call
 
 

@@ -20,7 +20,7 @@ from storedsession import (
 )
 from storedsession.cli import cli
 
-from .conftest import backend_url
+from .support import backend_url
 
 
 def test_url_built_sqlite_uses_wal_and_a_busy_timeout(tmp_path, keys) -> None:
@@ -76,6 +76,7 @@ def test_an_app_database_and_sessions_apart(tmp_path, keys) -> None:
     store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "url",
     [

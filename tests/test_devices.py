@@ -131,6 +131,7 @@ def test_labels_for_the_rest(labels: str) -> None:
         assert shown and shown.isprintable() and "<" not in shown and len(shown) <= 90
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(st.text(max_size=devices.MAX_USER_AGENT))
 def test_any_user_agent_gets_a_short_printable_label(agent: str) -> None:

@@ -17,6 +17,8 @@ import threading
 import uuid
 from typing import Any
 
+import pytest
+
 from storedsession import SessionStore
 
 from .support import stored
@@ -178,6 +180,7 @@ def _create(url: str, keys: list[str], table: str, start: Any, errors: Any) -> N
         errors.put(repr(exc))
 
 
+@pytest.mark.slow
 def test_workers_starting_together_all_create_the_table(backend, database_url, keys) -> None:
     """Without --preload every gunicorn worker runs the app's create_table() at once."""
     table = f"ss_race_{uuid.uuid4().hex[:12]}"

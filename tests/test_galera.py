@@ -26,14 +26,19 @@ from typing import Any
 import peewee
 import pytest
 
-from storedsession import SessionInterrupted, SessionStore, StoreUnavailable, generate_key
+from storedsession import (
+    SessionConflict,
+    SessionInterrupted,
+    SessionStore,
+    StoreUnavailable,
+    generate_key,
+)
 from storedsession import writes as writes_module
 from storedsession.crypto import OVERHEAD
 from storedsession.database import is_write_conflict
 
-from .conftest import REQUIRE_ALL, backend_url
 from .galera import Cluster
-from .support import stored
+from .support import REQUIRE_ALL, backend_url, stored
 
 galera = pytest.mark.galera
 TRIES = 200  # causal-read scenarios, each a few milliseconds
@@ -200,6 +205,7 @@ def test_plain_mariadb_gets_no_causal_wait(mariadb_url, table_name) -> None:
         store.close()
 
 
+@pytest.mark.slow
 def test_a_save_that_waited_too_long_for_a_lock_tries_again_then_gives_up(
     mariadb_url, table_name, monkeypatch
 ) -> None:
@@ -227,7 +233,7 @@ def test_a_save_that_waited_too_long_for_a_lock_tries_again_then_gives_up(
             blocker.execute_sql(lock, (session.handle,))
             session["n"] = 2
             started = time.monotonic()
-            with pytest.raises(StoreUnavailable, match="1205"):
+            with pytest.raises(SessionConflict, match="1205"):
                 store.save(session)
             assert time.monotonic() - started < 5
             blocker.rollback()

@@ -35,9 +35,11 @@ from storedsession import SessionStore
 from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.plugins.falcon import StoredSessionMiddleware
 
-from .conftest import backend_url
-from .support import fetch_rows
+from .support import backend_url, fetch_rows
 from .wire import SetCookie
+
+# Load: hundreds of clients through real servers, seconds per test.
+pytestmark = pytest.mark.slow
 
 CLIENTS = 200  # concurrent keep-alive clients, each with a session of its own
 REQUESTS = 5  # requests per client

@@ -15,9 +15,8 @@ import pytest
 
 from storedsession import SessionStore
 
-from .conftest import backend_url
 from .pgbouncer import POOL_SIZE
-from .support import stored
+from .support import backend_url, stored
 
 PROCESSES, THREADS, ROUNDS = 3, 8, 15
 
@@ -71,6 +70,7 @@ def _worker(url: str, keys: list[str], table: str, shared: str, number: int, out
     out.put({"errors": errors, "counts": counts})
 
 
+@pytest.mark.slow
 def test_processes_of_threads_far_beyond_the_pool_lose_nothing(
     bouncer_url, keys, table_name
 ) -> None:

@@ -24,7 +24,7 @@ import pytest
 
 from storedsession import SessionStore
 
-from .conftest import backend_url
+from .support import backend_url
 
 pytestmark = pytest.mark.slow
 

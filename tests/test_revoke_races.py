@@ -223,6 +223,7 @@ def race_revoke_user(
     return waited
 
 
+@pytest.mark.slow
 def test_revoke_user_ends_a_session_being_regenerated(make_store, watch, backend) -> None:
     waited = race_revoke_user(make_store(), make_store(), watch, ITERATIONS)
     if backend != "sqlite":
@@ -238,6 +239,7 @@ STRICTER = {
 }
 
 
+@pytest.mark.slow
 def test_revoke_user_under_a_stricter_isolation_level(
     make_store, watch, backend, database_url
 ) -> None:
@@ -290,6 +292,7 @@ def storm(moving: SessionStore, revoking: SessionStore, user: str, sessions: int
     return left
 
 
+@pytest.mark.slow
 def test_revoke_user_during_a_storm_of_regenerates(make_store) -> None:
     """Free-running: as soon as revoke_user returns, the user has no session left."""
     moving, revoking = make_store(), make_store()
@@ -302,6 +305,7 @@ def test_revoke_user_during_a_storm_of_regenerates(make_store) -> None:
     assert rounds >= 5
 
 
+@pytest.mark.slow
 def test_revoke_one_device_racing_its_regenerate(make_store, watch) -> None:
     """Either the revoke comes first and the regenerate is interrupted, or the move comes
     first and the revoke follows the session to its new id: the device is signed out

@@ -96,6 +96,7 @@ def test_security_events_use_the_security_logger(store: SessionStore, caplog) ->
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
 
 
+@pytest.mark.slow
 def test_errors_and_cli_output_hold_no_id_key_or_value(
     make_store, keys, database_url, table_name, caplog, clock, monkeypatch
 ) -> None:

@@ -14,7 +14,7 @@ from storedsession import ConfigurationError, SessionStore, StoreUnavailable, id
 from storedsession.cli import cli
 from storedsession.database import redact
 
-from .conftest import backend_url
+from .support import backend_url
 
 CANARY = "s3cretCANARY"
 

@@ -22,7 +22,7 @@ from storedsession import Session, SessionStore, StoreUnavailable, schema
 from storedsession.cli import cli
 from storedsession.schema import migration_source
 
-from .conftest import backend_url
+from .support import backend_url
 
 #: Ids that a case- and accent-insensitive PAD SPACE collation takes for one another.
 LOOKALIKES = [

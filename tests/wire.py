@@ -92,17 +92,6 @@ class Reply:
         return json.loads(self.body)
 
 
-def assert_custom_cookie(reply: Reply, secure: bool) -> None:
-    """Check the cookie of the attribute tests: name "sid", path "/app", domain
-    "example.com", SameSite=Strict, HttpOnly, Secure as given, the default 14-day life."""
-    cookie = reply.cookie("sid")
-    assert cookie is not None and reply.cookie("session") is None
-    assert cookie.attrs["path"] == "/app" and cookie.attrs["domain"] == "example.com"
-    assert cookie.attrs["samesite"] == "Strict" and "httponly" in cookie.attrs
-    assert ("secure" in cookie.attrs) is secure
-    assert cookie.max_age == 14 * 86400 and "expires" in cookie.attrs
-
-
 def wsgi_call(
     app: Callable[..., Iterable[bytes]],
     path: str = "/",
