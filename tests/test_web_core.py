@@ -293,3 +293,13 @@ def test_a_refused_user_id_costs_no_query(store, count_queries) -> None:
     with count_queries(store) as queries, pytest.raises(ValueError):
         session.user_id = "\x00"
     assert queries.count == 0 and repr(session) == "<Session, not loaded yet>"
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored", "new"])
+def test_loading_adopts_every_slot(stored, store) -> None:
+    public_id = _stored(store, a=[1]).id if stored else None
+    loaded = store.load(public_id)
+    session = Session._deferred(lambda: loaded)
+    len(session)  # loads, and hands out no container (which would set _exposed)
+    for name in Session.__slots__:
+        assert getattr(session, name) == getattr(loaded, name), name
