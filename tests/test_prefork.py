@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,19 @@ def get(port: int, cookie: str | None) -> tuple[int, dict[str, Any], str | None]
         connection.close()
 
 
+def _until_both_workers_answer(port: int) -> None:
+    """Wait until both workers serve (without --preload each loads the app on its own, and
+    a fast run could otherwise be over before the second one takes a request)."""
+    deadline = time.monotonic() + 30
+    answered: set[str] = set()
+    while len(answered) < 2:
+        assert time.monotonic() < deadline, f"only workers {answered} ever answered"
+        with ThreadPoolExecutor(4) as pool:  # a sync worker serves one request at a time
+            answered |= {
+                body["worker"] for _, body, _ in pool.map(lambda _: get(port, None), range(4))
+            }
+
+
 @pytest.mark.parametrize("preload", [False, True], ids=["fork", "preload"])
 @pytest.mark.parametrize("form", list(FORMS))
 def test_gunicorn_workers_never_share_connections(form, preload, tmp_path, keys) -> None:
@@ -82,6 +96,7 @@ def test_gunicorn_workers_never_share_connections(form, preload, tmp_path, keys)
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
+        _until_both_workers_answer(port)
         results: dict[int, list[Any]] = {}
 
         def client(number: int) -> None:
