@@ -194,7 +194,7 @@ def query_counts(store: SessionStore, public_id: str) -> dict[str, int]:
         statements.clear()
         request_session = core.begin(f"session={cookie}" if cookie else None, https=False)
         if action is not None:
-            action(request_session.lazy)
+            action(request_session.session)
         request_session.finish(200)
         return len(statements)
 

@@ -34,7 +34,7 @@ from . import __version__
 from .database import describe, redact
 from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
 from .expiry import MAX_BATCH
-from .keys import KEYS_ENV, generate_key, parse_keys
+from .keys import KEYS_ENV, environment_keys, generate_key, parse_keys
 from .maintenance import Rotation, rotate_keys, stats
 from .models import DEFAULT_TABLE
 from .schema import (
@@ -303,7 +303,7 @@ def generate_key_command() -> None:
 def _read_keys(keys_file: Path | None) -> list[str]:
     if keys_file is None:
         source = KEYS_ENV
-        texts = [part.strip() for part in os.environ.get(KEYS_ENV, "").split(",")]
+        texts = environment_keys()
     else:
         source = f"the keys file {keys_file}"
         try:

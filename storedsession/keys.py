@@ -55,16 +55,21 @@ def _key_id(secret: bytes) -> bytes:
     return hashlib.sha256(b"storedsession key id\0" + secret).digest()[:4]
 
 
+def environment_keys() -> list[str]:
+    """Return the keys listed in ``STOREDSESSION_KEYS``, newest first (none when unset)."""
+    return [part.strip() for part in os.environ.get(KEYS_ENV, "").split(",") if part.strip()]
+
+
 def parse_keys(keys: str | Sequence[str] | None) -> tuple[Key, ...]:
     """Turn ``keys=`` (or ``STOREDSESSION_KEYS`` when it is None) into keys, newest first."""
+    texts: Sequence[str]
     if keys is None:
-        env = os.environ.get(KEYS_ENV, "")
-        if not env.strip():
+        texts = environment_keys()
+        if not texts:
             raise ConfigurationError(
                 f"No session encryption key: pass keys=[...] or set {KEYS_ENV} "
                 f"(keys separated by commas, newest first). {_HOW_TO}"
             )
-        texts: Sequence[str] = [part for part in env.split(",") if part.strip()]
     elif isinstance(keys, str):
         texts = [keys]
     else:

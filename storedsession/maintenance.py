@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Any, NamedTuple
 
@@ -23,6 +23,7 @@ import peewee
 
 from .crypto import FORMAT_VERSION, LEGACY_FORMAT, DecryptionFailed
 from .database import is_mysql, is_sqlite
+from .lifetime import utc
 from .store import SessionStore
 
 #: How often a row that live traffic changed under the rotation is re-read and retried.
@@ -208,7 +209,7 @@ class Stats:
 
 
 def _utc(ms: Any) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+    return None if ms is None else utc(int(ms))  # MySQL's MIN() may give a Decimal
 
 
 def stats(store: SessionStore) -> Stats:

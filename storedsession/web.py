@@ -291,11 +291,6 @@ class RequestSession:
         self._held: ExitStack | None = None  # built when needed: it costs a request 1 µs
         self._preload_error: StoreUnavailable | None = None
 
-    @property
-    def lazy(self) -> Session:
-        """The request's session (the name the benchmarks and older callers use)."""
-        return self.session
-
     def _load(self) -> Session:
         try:
             if self._preload_error is not None:

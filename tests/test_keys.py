@@ -77,3 +77,24 @@ def test_error_messages_never_contain_the_key() -> None:
 def test_key_repr_hides_the_secret() -> None:
     key = parse_keys(generate_key())[0]
     assert key.secret.hex() not in repr(key) and "secret" not in repr(key)
+
+
+def test_the_store_and_the_cli_read_the_environment_alike(monkeypatch, tmp_path) -> None:
+    """One reading of STOREDSESSION_KEYS: what the CLI's rotate-keys takes, the store takes."""
+    from click.testing import CliRunner
+
+    from storedsession.cli import cli
+
+    old, new = generate_key(), generate_key()
+    url = f"sqlite:///{tmp_path}/keys.db"
+    writer = SessionStore(url, keys=[old])
+    writer.create_table()
+    session = writer.load(None)
+    session["a"] = 1
+    writer.save(session)
+    monkeypatch.setenv(KEYS_ENV, f" {new} ,\t{old} ,, ")  # spaces, a tab, an empty item
+    assert dict(SessionStore(url).load(session.id)) == {"a": 1}
+    result = CliRunner().invoke(cli, ["rotate-keys", "--database", url])
+    assert result.exit_code == 0, result.output
+    assert "Re-encrypted 1 sessions" in result.output
+    assert dict(SessionStore(url, keys=[new]).load(session.id)) == {"a": 1}

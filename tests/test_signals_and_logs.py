@@ -209,7 +209,7 @@ def test_a_resurrection_blocked_behind_an_adapter_is_logged_once(make_store, cap
     session["a"] = 1
     store.save(session)
     request = core.begin(f"session={session.id}", https=False)
-    request.lazy["a"] = 2
+    request.session["a"] = 2
     store.delete(store.load(session.id))  # a logout in another tab
     with caplog.at_level(logging.DEBUG, logger="storedsession"):
         headers = request.finish(200)
