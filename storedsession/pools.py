@@ -122,8 +122,7 @@ class _CheckIdleOnly(_ForkSafe):
         super()._forget_inherited()
 
     def connect(self, reuse_if_open: bool = False) -> bool:
-        if self._generation != forks.generation():
-            self._forget_inherited()
+        self._check_fork()
         state = self._state
         if state.closed and self._connections:
             conn = self._take_recent()
@@ -136,8 +135,7 @@ class _CheckIdleOnly(_ForkSafe):
         return super().connect(reuse_if_open)
 
     def close(self) -> bool:
-        if self._generation != forks.generation():
-            self._forget_inherited()
+        self._check_fork()
         state = self._state
         if (
             not state.closed
