@@ -370,14 +370,18 @@ class Session(MutableMapping[str, Any]):
         """
         user, stored = self._user_id, self._stored
         if user is None:
-            if self._meta:
-                self._meta = devices.without_client(self._meta)  # signed out
+            self._forget_client_if_signed_out()
             return False
         if stored is not None and not self._regenerate and user == stored.user_id:
             return False
         if client is not None:
             self._meta = devices.recorded(self._meta, client)
         return True
+
+    def _forget_client_if_signed_out(self) -> None:
+        """A session without a user keeps no client's details (it was signed out)."""
+        if self._user_id is None and self._meta:
+            self._meta = devices.without_client(self._meta)
 
     def _settle(self, stored: Stored) -> None:
         """Adopt what a write or a touch left in the database."""
@@ -403,8 +407,7 @@ class Session(MutableMapping[str, Any]):
             self._idle = latest.idle
         if not (user_changed or (self._regenerate and mine_user is not None)):
             self._meta = latest.meta
-        if self._user_id is None and self._meta:
-            self._meta = devices.without_client(self._meta)
+        self._forget_client_if_signed_out()
         self._data = reapply(serialization.loads(stored.plaintext), self._data, theirs)
         self._stored = latest
         return serialization.dumps(self._data)

@@ -250,9 +250,11 @@ class SessionStore(SessionWrites, UserSessions):
         sweep began, so a session used during the sweep is never deleted. Each batch is
         sized to take about 10 ms (2 ms on SQLite), at most ``batch_size`` rows, and the
         next starts at once: ``max_load`` (in (0, 1]) is the share of wall time spent
-        deleting, for a sweep beside heavy traffic; after ``max_seconds`` no new batch
-        starts, and the rest waits for the next sweep. A deadlock or lock wait timeout is
-        retried. ``progress`` is called with the size of each batch.
+        deleting, for a sweep beside heavy traffic (below 1, batches take about 2 ms on
+        every backend: :data:`~storedsession.expiry.SHARED_BATCH_SECONDS`); after
+        ``max_seconds`` no new batch starts, and the rest waits for the next sweep. A
+        deadlock or lock wait timeout is retried. ``progress`` is called with the size of
+        each batch.
         """
         return self.sweep(
             batch_size, max_load=max_load, max_seconds=max_seconds, progress=progress
