@@ -253,7 +253,7 @@ def _generic_execute(database: peewee.Database) -> bool:
     cls, base = type(database), peewee.Database
     return (
         cls.execute_sql is base.execute_sql
-        and cls._execute_cursor is base._execute_cursor
+        and getattr(cls, "_execute_cursor", None) is getattr(base, "_execute_cursor", None)
         and cls.cursor is base.cursor
     )
 
@@ -292,7 +292,7 @@ class Connector:
             and not _PEEWEE_LOG.isEnabledFor(logging.DEBUG)
         ):
             try:
-                cursor = database._state.conn.cursor()
+                cursor = database._state.conn.cursor()  # type: ignore[attr-defined]
                 cursor.execute(sql, params)
             except Exception:
                 with _TRANSLATE_ERRORS:  # raises peewee's error for a driver's one
