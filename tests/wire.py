@@ -101,6 +101,7 @@ def wsgi_call(
     https: bool = False,
     headers: dict[str, str] | None = None,
     body: bytes = b"",
+    remote_addr: str | None = None,
 ) -> Reply:
     """Call a WSGI app once, the way a server would, and return what it sent."""
     path, _, query = path.partition("?")
@@ -124,6 +125,8 @@ def wsgi_call(
     }
     if cookie is not None:
         environ["HTTP_COOKIE"] = cookie
+    if remote_addr is not None:
+        environ["REMOTE_ADDR"] = remote_addr
     for name, value in (headers or {}).items():
         key = name.upper().replace("-", "_")
         environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value
