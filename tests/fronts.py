@@ -86,6 +86,7 @@ class Front(Protocol):
     """One app with the adapter, and a client for it."""
 
     kind: str
+    store: SessionStore
     #: The status and the Location prefix of ``Web.redirect`` in this framework.
     redirect_status: int
     redirect_base: str
