@@ -80,6 +80,12 @@ class Reply:
         assert len(found) <= 1, f"Set-Cookie sent {len(found)} times for {name!r}"
         return found[0] if found else None
 
+    @property
+    def public_id(self) -> str | None:
+        """The value of the ``session`` cookie this reply sets, or None."""
+        found = self.cookie()
+        return found.value if found else None
+
     def session_pair(self, name: str = "session") -> str:
         """The ``name=value`` pair to send back, checking the id is well formed."""
         cookie = self.cookie(name)
