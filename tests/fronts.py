@@ -356,9 +356,7 @@ class FalconFront:
         headers = dict(headers or {})
         if cookie is not None:
             headers["Cookie"] = cookie
-        path, _, query = path.partition("?")  # falcon.testing refuses a query in the path
-        protocol = "https" if https else "http"
-        options = {"path": path, "query_string": query, "headers": headers, "protocol": protocol}
+        options = {"path": path, "headers": headers, "protocol": "https" if https else "http"}
         if address is not None:
             options["remote_addr"] = address
         return options
