@@ -312,7 +312,7 @@ def test_progress_bars_on_a_terminal_only(db, past, live, keys) -> None:
         "storedsession", "rotate-keys", *db, env={"STOREDSESSION_KEYS": f"{new_key},{keys[0]}"}
     )
     assert code == 0
-    assert "Re-encrypting sessions" in output and "Re-encrypted 1 sessions" in output
+    assert "Re-encrypting sessions" in output and "Re-encrypted 1 session " in output
     # Not on a terminal: the summary alone.
     assert invoke("expire", *db).stdout == "No sessions to expire.\n"
 
@@ -477,7 +477,7 @@ def test_rotation_moves_format_1_rows_under_the_first_key_to_format_2(db, make_s
     assert before[f"Format 2, key {key_id(keys[0])}"] == "1"
     result = invoke("rotate-keys", *db, env=env)
     assert result.stdout.startswith(
-        f"Re-encrypted 2 sessions under the first key (id {key_id(keys[0])}); 1 were"
+        f"Re-encrypted 2 sessions under the first key (id {key_id(keys[0])}); 1 was"
     )
     after = _figures(invoke("stats", *db).stdout)
     assert after[f"Format 2, key {key_id(keys[0])}"] == "3"

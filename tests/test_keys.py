@@ -96,5 +96,5 @@ def test_the_store_and_the_cli_read_the_environment_alike(monkeypatch, tmp_path)
     assert dict(SessionStore(url).load(session.id)) == {"a": 1}
     result = CliRunner().invoke(cli, ["rotate-keys", "--database", url])
     assert result.exit_code == 0, result.output
-    assert "Re-encrypted 1 sessions" in result.output
+    assert "Re-encrypted 1 session " in result.output
     assert dict(SessionStore(url, keys=[new]).load(session.id)) == {"a": 1}
