@@ -9,6 +9,10 @@ not in the figure) for ``--ops`` operations of each contender, after a warm-up o
 as many, and prints instructions per operation:
 
 - ``floor read`` / ``floor write``: ``bench/floor.py`` over its own raw connection;
+- ``row, raw``: the store's own read done by hand as the floor does its own, over a raw
+  connection of the same kind: hash the id, the store's SELECT of its seven columns,
+  ``envelope.open`` (format 2 binds four of them) and the JSON parse. What it adds to
+  ``floor read`` is the richer row; what ``read, held`` adds to it is the library's code;
 - ``read`` / ``write``: the README's default path, a store built from a plain URL and
   nothing held by the caller (``store.load(id)``, then ``store.save(session)`` with no
   change, or with one key changed);
@@ -29,6 +33,7 @@ count an ``UPDATE`` the ordinary read does not make. 1 KB sessions, as ``python 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -41,7 +46,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from storedsession import SessionStore, generate_key
+from storedsession import SessionStore, generate_key, serialization
 
 from . import floor as floor_module
 from .__main__ import URLS, payload
@@ -51,6 +56,7 @@ LIVE = 50
 #: The phases in the order they run; each is dumped to a file of its own.
 PHASES = (
     "floor read",
+    "row, raw",
     "read",
     "read, held",
     "floor write",
@@ -104,11 +110,23 @@ def child(backend: str, ops: int, tmp: str) -> None:
         def floor_read() -> None:
             assert floor.read(next_id()) is not None
 
+        raw, _ = floor_module.connect(url)
+        raw_cursor = raw.cursor()
+        select, envelope = store._sql.select, store.envelope
+
+        def row_raw() -> None:
+            handle = hashlib.sha256(next_id().encode()).hexdigest()
+            raw_cursor.execute(select, (handle,))
+            payload, user_id, created, _, _, idle, _ = raw_cursor.fetchone()
+            _, plaintext = envelope.open(bytes(payload), handle, user_id, created, idle)
+            assert serialization.loads(plaintext)["user_id"] == 1234
+
         def floor_write() -> None:
             floor.write(next_id(), "counter", state["i"])
 
         operations: dict[str, tuple[Callable[[], None], bool]] = {
             "floor read": (floor_read, False),
+            "row, raw": (row_raw, False),
             "read": (read, False),
             "read, held": (read, True),
             "floor write": (floor_write, False),
@@ -131,6 +149,7 @@ def child(backend: str, ops: int, tmp: str) -> None:
                 for _ in range(ops):
                     op()
                 os.getppid()
+        raw.close()
     finally:
         store.drop_table()
         store.close()

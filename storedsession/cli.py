@@ -333,14 +333,22 @@ def _read_keys(keys_file: Path | None) -> list[str]:
     return texts
 
 
+def _was(count: int) -> str:
+    return "was" if count == 1 else "were"
+
+
 def _summary(report: Rotation, key_id: str) -> str:
+    rotated, current, unreadable = report.rotated, report.current, report.unreadable
     line = (
-        f"Re-encrypted {report.rotated} sessions under the first key (id {key_id}); "
-        f"{report.current} were under it already; {report.unreadable} could not be "
-        "read with any key and were left untouched."
+        f"Re-encrypted {rotated} session{'' if rotated == 1 else 's'} under the first key "
+        f"(id {key_id}); {current} {_was(current)} under it already; {unreadable} could not "
+        f"be read with any key and {_was(unreadable)} left untouched."
     )
     if report.malformed:
-        line += f" {report.malformed} had a stored id that is not ASCII and were skipped."
+        line += (
+            f" {report.malformed} had a stored id that is not ASCII and "
+            f"{_was(report.malformed)} skipped."
+        )
     if report.changed:
         line += f" {report.changed} kept changing under live traffic: run it again to finish them."
     return line

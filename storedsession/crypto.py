@@ -86,7 +86,7 @@ def _table_fields(table_name: str) -> bytes:
     return _length(len(name)) + name
 
 
-def _row_fields(sid: str, user_id: Any, created: Any, idle: Any) -> bytes:
+def _row_fields(handle: str, user_id: Any, created: Any, idle: Any) -> bytes:
     # Runs on every load and save: one join, no helper calls. Types are checked exactly,
     # since a SQLite column can hold text where an integer belongs, and a bool is an int
     # to Python but never one to the database.
@@ -99,7 +99,7 @@ def _row_fields(sid: str, user_id: Any, created: Any, idle: Any) -> bytes:
         user = _length(len(user)) + user
     else:
         raise DecryptionFailed("a stored column holds a value of the wrong type")
-    row = sid.encode("ascii")
+    row = handle.encode("ascii")
     since = b"%d" % created
     if idle is None:
         return b"".join((_length(len(row)), row, user, _length(len(since)), since, _NULL))
@@ -110,10 +110,10 @@ def _row_fields(sid: str, user_id: Any, created: Any, idle: Any) -> bytes:
 
 
 def associated_data(
-    header: bytes, table_name: str, sid: str, user_id: str | None, created: int, idle: int | None
+    header: bytes, table_name: str, handle: str, user_id: str | None, created: int, idle: int | None
 ) -> bytes:
     """Return the associated data of format 2 for one row of one table."""
-    return header + _table_fields(table_name) + _row_fields(sid, user_id, created, idle)
+    return header + _table_fields(table_name) + _row_fields(handle, user_id, created, idle)
 
 
 class _Sealer(NamedTuple):
@@ -175,13 +175,13 @@ class Envelope:
     def seal(
         self,
         data: bytes,
-        sid: str,
+        handle: str,
         user_id: str | None,
         created: int,
         idle: int | None,
         metadata: Mapping[str, Any] | None = None,
     ) -> bytes:
-        """Encrypt ``data`` (JSON) and ``metadata`` for the row ``sid`` with these columns."""
+        """Encrypt ``data`` (JSON) and ``metadata`` for the row ``handle`` with these columns."""
         sealer = self._current()
         if metadata:
             meta = serialization.dumps(dict(metadata))
@@ -189,15 +189,15 @@ class Envelope:
         else:
             plaintext = _EMPTY_META + data
         header = sealer.header
-        aad = header + self._aad_table + _row_fields(sid, user_id, created, idle)
+        aad = header + self._aad_table + _row_fields(handle, user_id, created, idle)
         nonce = os.urandom(_NONCE)
         return header + nonce + sealer.aead.encrypt(nonce, plaintext, aad)
 
     # -- opening -------------------------------------------------------------------
     def open(
-        self, envelope: bytes, sid: str, user_id: str | None, created: int, idle: int | None
+        self, envelope: bytes, handle: str, user_id: str | None, created: int, idle: int | None
     ) -> tuple[dict[str, Any], bytes]:
-        """Return the metadata and the data JSON of an envelope read from the row ``sid``.
+        """Return the metadata and the data JSON of an envelope read from the row ``handle``.
 
         ``user_id``, ``created`` and ``idle`` are the row's columns, which format 2 binds.
         Raises :class:`DecryptionFailed` when it does not open.
@@ -205,11 +205,11 @@ class Envelope:
         version = envelope[0] if len(envelope) >= _HEADER + _NONCE + _TAG else 0
         header = envelope[:_HEADER]
         if version == FORMAT_VERSION:
-            aad = header + self._aad_table + _row_fields(sid, user_id, created, idle)
+            aad = header + self._aad_table + _row_fields(handle, user_id, created, idle)
         elif version == LEGACY_FORMAT:
             if not self.legacy:
                 raise DecryptionFailed("format 1, which legacy_envelopes=False refuses")
-            aad = header + self._aad_v1_table + sid.encode("ascii")
+            aad = header + self._aad_v1_table + handle.encode("ascii")
         else:
             raise DecryptionFailed("not a storedsession envelope of a known format")
         plaintext = self._decrypt(header, envelope[_HEADER : _HEADER + _NONCE], envelope, aad)

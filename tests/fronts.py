@@ -5,7 +5,8 @@ Each front is one app with the adapter installed and the same four routes (``/co
 a handler takes a :class:`Web` (the session and the few response operations the contract
 needs) and returns a dict (sent as JSON), a string or None. Requests go through the
 frameworks' own test paths (``wire.wsgi_call`` for Bottle, ``falcon.testing`` for Falcon)
-and come back as a ``wire.Reply``, header lines exactly as a client receives them.
+and come back as a ``wire.Reply``, header lines exactly as a client receives them. A
+front's ``app`` is the framework's own app, for a real server to serve (test_load.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class Web(Protocol):
 
     @property
     def session(self) -> Session: ...
+
+    def query(self, name: str) -> str | None:
+        """The query parameter ``name`` of the request, or None."""
+        ...
 
     def set_header(self, name: str, value: str) -> None: ...
 
@@ -81,6 +86,7 @@ class Front(Protocol):
     """One app with the adapter, and a client for it."""
 
     kind: str
+    store: SessionStore
     #: The status and the Location prefix of ``Web.redirect`` in this framework.
     redirect_status: int
     redirect_base: str
@@ -88,13 +94,19 @@ class Front(Protocol):
     #: loads it in a thread before the responder runs, so it costs its query even
     #: when the responder never uses the session).
     preloads: bool
+    #: The framework's app (Bottle, or Falcon's of the front's protocol).
+    app: Any
 
     def new(self, store: SessionStore, **options: Any) -> Front:
         """Build a front of the same kind on ``store`` with adapter ``options``."""
         ...
 
-    def route(self, path: str, handler: Handler) -> None:
-        """Serve ``handler`` at ``path`` (GET)."""
+    def route(self, path: str, handler: Handler, *, blocking: bool = False) -> None:
+        """Serve ``handler`` at ``path`` (GET), in place of a route already there.
+
+        ``blocking``: the handler does blocking work of its own (an admin connection, a
+        socket), which Falcon ASGI runs in a thread, off the event loop.
+        """
         ...
 
     def answer_crashes_with_500(self) -> None:
@@ -108,8 +120,10 @@ class Front(Protocol):
         cookie: str | None = None,
         https: bool = False,
         headers: dict[str, str] | None = None,
+        address: str | None = None,
     ) -> Reply:
-        """Send one GET and return what the client receives."""
+        """Send one GET (``path`` may carry a query) from ``address`` (the connection's
+        own; the framework's test default when None) and return what the client receives."""
         ...
 
     def get_in_own_loop(self, path: str, *, cookie: str | None = None) -> Reply:
@@ -130,6 +144,10 @@ def build(kind: str, store: SessionStore, **options: Any) -> Front:
 class BottleWeb:
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def query(self, name: str) -> str | None:
+        value: str | None = bottle.request.query.getunicode(name)
+        return value
 
     def set_header(self, name: str, value: str) -> None:
         bottle.response.set_header(name, value)
@@ -174,7 +192,7 @@ class BottleFront:
     def new(self, store: SessionStore, **options: Any) -> BottleFront:
         return BottleFront(store, **options)
 
-    def route(self, path: str, handler: Handler) -> None:
+    def route(self, path: str, handler: Handler, *, blocking: bool = False) -> None:
         def callback(session: Session) -> Any:
             return handler(BottleWeb(session))
 
@@ -190,8 +208,11 @@ class BottleFront:
         cookie: str | None = None,
         https: bool = False,
         headers: dict[str, str] | None = None,
+        address: str | None = None,
     ) -> Reply:
-        return wsgi_call(self.app, path, cookie=cookie, https=https, headers=headers)
+        return wsgi_call(
+            self.app, path, cookie=cookie, https=https, headers=headers, remote_addr=address
+        )
 
     def get_in_own_loop(self, path: str, *, cookie: str | None = None) -> Reply:
         return self.get(path, cookie=cookie)
@@ -209,6 +230,10 @@ class FalconWeb:
     def session(self) -> Session:
         session: Session = self.req.context.session
         return session
+
+    def query(self, name: str) -> str | None:
+        value: str | None = self.req.get_param(name)
+        return value
 
     def set_header(self, name: str, value: str) -> None:
         self.resp.set_header(name, value)
@@ -286,23 +311,29 @@ class FalconFront:
     def new(self, store: SessionStore, **options: Any) -> FalconFront:
         return FalconFront(store, asgi=self.asgi, **options)
 
-    def route(self, path: str, handler: Handler) -> None:
+    def route(self, path: str, handler: Handler, *, blocking: bool = False) -> None:
         def responder(req: falcon.Request, resp: falcon.Response) -> None:
             _apply(handler(FalconWeb(req, resp)), resp)
 
-        self.native_route(path, responder)
+        self.native_route(path, responder, blocking=blocking)
 
     def native_route(
         self,
         path: str,
         responder: Callable[[falcon.Request, falcon.Response], None],
+        *,
+        blocking: bool = False,
         **attributes: Any,
     ) -> None:
         """Serve a Falcon ``responder(req, resp)`` at ``path`` from a resource of this
         app's protocol, with resource ``attributes`` (such as ``storedsession=False``)."""
-        if self.asgi:
+        if self.asgi and blocking:
 
             async def on_get(resource: Any, req: Any, resp: Any) -> None:
+                await asyncio.to_thread(responder, req, resp)
+        elif self.asgi:
+
+            async def on_get(resource: Any, req: Any, resp: Any) -> None:  # type: ignore[misc]
                 responder(req, resp)
         else:
 
@@ -315,12 +346,20 @@ class FalconFront:
         """Falcon always does (its default error handler)."""
 
     def _options(
-        self, cookie: str | None, https: bool, headers: dict[str, str] | None
+        self,
+        path: str,
+        cookie: str | None,
+        https: bool,
+        headers: dict[str, str] | None,
+        address: str | None = None,
     ) -> dict[str, Any]:
         headers = dict(headers or {})
         if cookie is not None:
             headers["Cookie"] = cookie
-        return {"headers": headers, "protocol": "https" if https else "http"}
+        options = {"path": path, "headers": headers, "protocol": "https" if https else "http"}
+        if address is not None:
+            options["remote_addr"] = address
+        return options
 
     def get(
         self,
@@ -329,8 +368,10 @@ class FalconFront:
         cookie: str | None = None,
         https: bool = False,
         headers: dict[str, str] | None = None,
+        address: str | None = None,
     ) -> Reply:
-        result = self.client.simulate_get(path, **self._options(cookie, https, headers))
+        options = self._options(path, cookie, https, headers, address)
+        result = self.client.simulate_get(**options)
         return Reply(result.status_code, self._seen.headers, result.content)
 
     def get_in_own_loop(self, path: str, *, cookie: str | None = None) -> Reply:
@@ -340,7 +381,7 @@ class FalconFront:
 
         async def run() -> falcon.testing.Result:
             async with falcon.testing.ASGIConductor(self.wire) as conductor:
-                return await conductor.simulate_get(path, **self._options(cookie, False, None))
+                return await conductor.simulate_get(**self._options(path, cookie, False, None))
 
         result = asyncio.run(run())
         return Reply(result.status_code, self._seen.headers, result.content)

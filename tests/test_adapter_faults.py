@@ -17,7 +17,6 @@ back works in the same app: no restart, no broken connection kept in the pool.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import struct
@@ -27,25 +26,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import bottle
-import falcon
-import falcon.asgi
-import httpx
 import peewee
 import pytest
 from playhouse import db_url
 
 from storedsession import SessionStore
-from storedsession.plugins.bottle import StoredSessionPlugin
-from storedsession.plugins.falcon import StoredSessionMiddleware
 
+from .fronts import FRONTS, Front, Web, build
 from .support import backend_url, fetch_rows
-from .wire import Reply, wsgi_call
+from .wire import Reply
 
 # Fault injection: killed connections, closed ports and pool waits of seconds.
 pytestmark = pytest.mark.slow
 
-ADAPTERS = ("bottle", "falcon-wsgi", "falcon-asgi")
 DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306}
 PID_SQL = {"postgres": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 
@@ -237,122 +230,64 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
-# -- the apps -----------------------------------------------------------------------------
+# -- the app -----------------------------------------------------------------------------
 
 
-class App:
-    """One adapter around a store, with routes that count, read, log out and tell the pid.
+class Inside:
+    """What the handlers run after the session was loaded (and changed), before the adapter
+    saves it: the place to break the database "at save" or "at delete"."""
 
-    ``inside`` runs in the handler after the session was loaded (and changed), before
-    the adapter saves it: the place to break the database "at save" or "at delete".
-    """
+    def __init__(self) -> None:
+        self.run: Callable[[], None] = lambda: None
 
-    def __init__(self, kind: str, store: SessionStore, backend: str) -> None:
-        self.kind, self.store, self.backend = kind, store, backend
-        self.inside: Callable[[], None] = lambda: None
-        self.app: Any = {
-            "bottle": self._bottle,
-            "falcon-wsgi": self._falcon,
-            "falcon-asgi": self._falcon,
-        }[kind]()
 
-    def _count(self, session: Any) -> dict[str, Any]:
-        session["n"] = session.get("n", 0) + 1
-        self.inside()
-        return {"n": session["n"]}
+def add_routes(front: Front, backend: str, inside: Inside) -> None:
+    """``/count`` and ``/logout`` that call ``inside``, and ``/pid`` telling the server's id
+    of the connection the request uses (``/read`` is the front's own)."""
 
-    def _logout(self, session: Any) -> str:
-        session.get("n")
-        session.invalidate()
-        self.inside()
+    def count(web: Web) -> Any:
+        web.session["n"] = web.session.get("n", 0) + 1
+        inside.run()
+        return {"n": web.session["n"]}
+
+    def logout(web: Web) -> Any:
+        web.session.get("n")
+        web.session.invalidate()
+        inside.run()
         return "bye"
 
-    def _pid(self, session: Any) -> dict[str, Any]:
-        session.get("n")  # WSGI: the session's connection is now held; this is its pid
-        return {"pid": current_pid(self.backend, self.store)}
+    def pid(web: Web) -> Any:
+        web.session.get("n")  # WSGI: the session's connection is now held; this is its pid
+        return {"pid": current_pid(backend, front.store)}
 
-    @staticmethod
-    def _read(session: Any) -> dict[str, Any]:
-        return {"n": session.get("n"), "new": session.new}
-
-    def _bottle(self) -> bottle.Bottle:
-        app = bottle.Bottle()
-        app.config["catchall"] = False
-        app.install(StoredSessionPlugin(self.store))
-        app.route("/count", callback=lambda session: self._count(session))
-        app.route("/logout", callback=lambda session: self._logout(session))
-        app.route("/read", callback=lambda session: self._read(session))
-        app.route("/pid", callback=lambda session: self._pid(session))
-        return app
-
-    def _falcon(self) -> falcon.App:
-        asgi = self.kind == "falcon-asgi"
-        app = (falcon.asgi.App if asgi else falcon.App)(
-            middleware=[StoredSessionMiddleware(self.store)]
-        )
-        for path, handler in (
-            ("/count", self._count),
-            ("/logout", self._logout),
-            ("/read", self._read),
-            ("/pid", self._pid),
-        ):
-            app.add_route(path, _resource(handler, asgi))
-        return app
-
-    def get(self, path: str, cookie: str | None = None) -> Reply:
-        """Send one GET and return the response as the client sees it."""
-        if self.kind != "falcon-asgi":
-            return wsgi_call(self.app, path, cookie=cookie)
-        return asyncio.run(self._asgi_get(path, cookie))
-
-    async def _asgi_get(self, path: str, cookie: str | None) -> Reply:
-        transport = httpx.ASGITransport(app=self.app)
-        headers = {"Cookie": cookie} if cookie else {}
-        async with httpx.AsyncClient(transport=transport, base_url="http://example.com") as c:
-            response = await c.get(path, headers=headers)
-        return Reply(response.status_code, list(response.headers.multi_items()), response.content)
+    for path, handler in (("/count", count), ("/logout", logout), ("/pid", pid)):
+        front.route(path, handler, blocking=True)  # the faults' admin connections block
 
 
-def _resource(handler: Callable[[Any], Any], asgi: bool) -> object:
-    def respond(req: falcon.Request, resp: falcon.Response, out: Any) -> None:
-        if isinstance(out, dict):
-            resp.media = out
-        else:
-            resp.text = out
-
-    if asgi:
-
-        class Async:
-            async def on_get(self, req: Any, resp: Any) -> None:
-                # Blocking work (the faults' admin connections) goes off the event loop.
-                respond(req, resp, await asyncio.to_thread(handler, req.context.session))
-
-        return Async()
-
-    class Sync:
-        def on_get(self, req: Any, resp: Any) -> None:
-            respond(req, resp, handler(req.context.session))
-
-    return Sync()
+@pytest.fixture
+def inside() -> Inside:
+    return Inside()
 
 
 @pytest.fixture
 def setup(
-    server: tuple[str, str], keys: list[str], table_name: str
-) -> Iterator[Callable[..., tuple[App, SessionStore]]]:
-    """Build ``(app, healthy store)`` on a fresh table; ``url`` defaults to the server's."""
+    server: tuple[str, str], keys: list[str], table_name: str, inside: Inside
+) -> Iterator[Callable[..., tuple[Front, SessionStore]]]:
+    """Build ``(front, healthy store)`` on a fresh table; ``url`` defaults to the server's."""
     backend, url = server
     built: list[SessionStore] = []
     healthy = SessionStore(url, keys=keys, table_name=table_name)
     healthy.create_table()
 
-    def build(kind: str, app_url: str | None = None, **pool: object) -> tuple[App, SessionStore]:
+    def make(kind: str, app_url: str | None = None, **pool: object) -> tuple[Front, SessionStore]:
         pool.setdefault("max_connections", 8)
         store = SessionStore(with_query(app_url or url, **pool), keys=keys, table_name=table_name)
         built.append(store)
-        return App(kind, store, backend), healthy
+        front = build(kind, store)
+        add_routes(front, backend, inside)
+        return front, healthy
 
-    yield build
+    yield make
     for store in built:
         store.close()
     healthy.drop_table()
@@ -369,7 +304,7 @@ def assert_intact(healthy: SessionStore, pair: str, n: int = 1) -> None:
     assert len(fetch_rows(healthy)) == 1
 
 
-def request_at(app: App, phase: str, pair: str) -> Reply:
+def request_at(app: Front, phase: str, pair: str) -> Reply:
     """The request that meets the fault in ``phase``; the same request is the retry."""
     if phase == "create":
         return app.get("/count")
@@ -378,7 +313,7 @@ def request_at(app: App, phase: str, pair: str) -> Reply:
     return app.get("/count", cookie=pair)  # load, save
 
 
-def assert_back(app: App, healthy: SessionStore, phase: str, pair: str) -> None:
+def assert_back(app: Front, healthy: SessionStore, phase: str, pair: str) -> None:
     """The same request, once the database is back, succeeds in the same app."""
     reply = request_at(app, phase, pair)
     assert reply.status == 200, (reply.status, reply.body[:300])
@@ -398,7 +333,7 @@ PHASES = ("load", "create", "save", "delete")
 
 
 @pytest.mark.parametrize("phase", PHASES)
-@pytest.mark.parametrize("kind", ADAPTERS)
+@pytest.mark.parametrize("kind", FRONTS)
 def test_connection_killed_during_the_statement(setup, server, table_name, kind, phase) -> None:
     backend, url = server
     app, healthy = setup(kind)
@@ -412,8 +347,8 @@ def test_connection_killed_during_the_statement(setup, server, table_name, kind,
 
 
 @pytest.mark.parametrize("phase", PHASES)
-@pytest.mark.parametrize("kind", ADAPTERS)
-def test_database_port_closes_under_the_app(setup, server, kind, phase) -> None:
+@pytest.mark.parametrize("kind", FRONTS)
+def test_database_port_closes_under_the_app(setup, server, inside, kind, phase) -> None:
     backend, url = server
     parts = urlsplit(url)
     relay = Relay((parts.hostname or "127.0.0.1", parts.port or DEFAULT_PORTS[backend]))
@@ -424,9 +359,9 @@ def test_database_port_closes_under_the_app(setup, server, kind, phase) -> None:
         if phase == "load":
             relay.cut()
         else:
-            app.inside = relay.cut  # after the session was loaded, before it is saved
+            inside.run = relay.cut  # after the session was loaded, before it is saved
         assert_failed_cleanly(request_at(app, phase, pair))
-        app.inside = lambda: None
+        inside.run = lambda: None
         assert_failed_cleanly(request_at(app, phase, pair))  # still down: still 503
         assert_intact(healthy, pair)
         relay.restore()
@@ -437,19 +372,19 @@ def test_database_port_closes_under_the_app(setup, server, kind, phase) -> None:
 
 @pytest.mark.parametrize("phase", ["save", "delete"])
 @pytest.mark.parametrize("kind", ["bottle", "falcon-wsgi"])
-def test_held_connection_killed_inside_the_handler(setup, server, kind, phase) -> None:
+def test_held_connection_killed_inside_the_handler(setup, server, inside, kind, phase) -> None:
     """WSGI holds one connection per request: kill it between the load and the save."""
     backend, url = server
     app, healthy = setup(kind)
     pair = app.get("/count").session_pair()
-    app.inside = lambda: kill(backend, url, current_pid(backend, app.store))
+    inside.run = lambda: kill(backend, url, current_pid(backend, app.store))
     assert_failed_cleanly(request_at(app, phase, pair))
     assert_intact(healthy, pair)
-    app.inside = lambda: None
+    inside.run = lambda: None
     assert_back(app, healthy, phase, pair)
 
 
-@pytest.mark.parametrize("kind", ADAPTERS)
+@pytest.mark.parametrize("kind", FRONTS)
 def test_connection_killed_while_idle_in_the_pool(setup, server, kind) -> None:
     backend, url = server
     app, healthy = setup(kind)
@@ -463,7 +398,7 @@ def test_connection_killed_while_idle_in_the_pool(setup, server, kind) -> None:
     assert app.get("/pid", cookie=pair).json["pid"] != pid
 
 
-@pytest.mark.parametrize("kind", ADAPTERS)
+@pytest.mark.parametrize("kind", FRONTS)
 def test_an_exhausted_pool_answers_503_after_its_wait(setup, kind) -> None:
     """Every pooled connection is taken (here by another thread): 503 after the wait."""
     app, healthy = setup(kind, max_connections=1, timeout=1)
@@ -495,7 +430,7 @@ def test_an_exhausted_pool_answers_503_after_its_wait(setup, kind) -> None:
     assert_back(app, healthy, "save", pair)
 
 
-@pytest.mark.parametrize("kind", ADAPTERS)
+@pytest.mark.parametrize("kind", FRONTS)
 def test_a_full_pool_makes_a_request_wait_for_a_connection(setup, kind) -> None:
     """With the default wait (10 s), a connection freed meanwhile serves the request."""
     app, healthy = setup(kind, max_connections=1)

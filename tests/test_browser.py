@@ -5,6 +5,8 @@ Chromium is Debian's ``chromium`` package (``/usr/bin/chromium``, or the path in
 downloaded. Without either, the browser tests skip, or fail when
 ``STOREDSESSION_REQUIRE_ALL_BACKENDS=1`` (CI). Each demo runs as a subprocess on a free
 loopback port with an SQLite file of its own; screenshots go to ``test-output/``.
+The apps are the demos themselves (examples/), not tests/fronts.py fronts: what is under
+test is the page a person uses, its forms, redirects and cookies in a real browser.
 """
 
 from __future__ import annotations

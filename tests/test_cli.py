@@ -366,8 +366,8 @@ def test_rotate_keys_from_the_environment(db, rotation_setup, make_store) -> Non
     new_id = key_id(rotation_setup["new_key"])
     assert_ok(
         result,
-        f"Re-encrypted 3 sessions under the first key (id {new_id}); 1 were under it "
-        "already; 1 could not be read with any key and were left untouched.\n",
+        f"Re-encrypted 3 sessions under the first key (id {new_id}); 1 was under it "
+        "already; 1 could not be read with any key and was left untouched.\n",
     )
     _check_rotated(rotation_setup, make_store)
     again = invoke("rotate-keys", *db, env=env)
@@ -392,7 +392,7 @@ def test_rotate_keys_console_script_with_a_keys_file(
     )
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.startswith("Re-encrypted 3 sessions under the first key (id ")
-    assert "; 1 were under it already;" in done.stdout
+    assert "; 1 was under it already;" in done.stdout
     _check_rotated(rotation_setup, make_store)
 
 
@@ -456,9 +456,9 @@ def test_rotation_skips_and_counts_a_row_whose_stored_id_is_not_ascii(db, make_s
     result = invoke("rotate-keys", "--batch-size", "1", *db, env=env)
     assert_ok(
         result,
-        f"Re-encrypted 1 sessions under the first key (id {key_id(new_key)}); 0 were under "
+        f"Re-encrypted 1 session under the first key (id {key_id(new_key)}); 0 were under "
         "it already; 0 could not be read with any key and were left untouched. 1 had a "
-        "stored id that is not ASCII and were skipped.\n",
+        "stored id that is not ASCII and was skipped.\n",
     )
     report = rotate_keys(make_store(clock=None, keys=[new_key, keys[0]]))
     assert (report.rotated, report.current, report.malformed) == (0, 1, 1)

@@ -14,61 +14,61 @@ from .support import backend_url, fetch_rows, stored
 
 
 def test_different_keys_both_kept(store: SessionStore) -> None:
-    sid = stored(store, base=0)
-    first, second = store.load(sid), store.load(sid)
+    public_id = stored(store, base=0)
+    first, second = store.load(public_id), store.load(public_id)
     first["a"] = 1
     second["b"] = 2
     store.save(first)
     store.save(second)
-    assert dict(store.load(sid)) == {"base": 0, "a": 1, "b": 2}
+    assert dict(store.load(public_id)) == {"base": 0, "a": 1, "b": 2}
 
 
 def test_same_key_later_save_wins(store: SessionStore) -> None:
-    sid = stored(store, n=0)
-    first, second = store.load(sid), store.load(sid)
+    public_id = stored(store, n=0)
+    first, second = store.load(public_id), store.load(public_id)
     first["n"] = 1
     second["n"] = 2
     store.save(first)
     store.save(second)
-    assert store.load(sid)["n"] == 2
+    assert store.load(public_id)["n"] == 2
 
 
 def test_a_deletion_not_seen_wins_over_a_change(store: SessionStore) -> None:
-    sid = stored(store, cart=[1], coupon="X")
-    deleter, stale = store.load(sid), store.load(sid)
+    public_id = stored(store, cart=[1], coupon="X")
+    deleter, stale = store.load(public_id), store.load(public_id)
     del deleter["cart"]
     del deleter["coupon"]
     store.save(deleter)
     stale["cart"].append(2)  # changes a key the other request deleted
     stale["other"] = 1
     store.save(stale)
-    assert dict(store.load(sid)) == {"other": 1}
+    assert dict(store.load(public_id)) == {"other": 1}
 
 
 def test_stale_request_never_restores_a_deleted_key(store: SessionStore) -> None:
-    sid = stored(store, flash="hello", n=1)
-    reader, stale = store.load(sid), store.load(sid)
+    public_id = stored(store, flash="hello", n=1)
+    reader, stale = store.load(public_id), store.load(public_id)
     reader.pop("flash")
     store.save(reader)
     stale["n"] = 2  # stale still holds "flash" unchanged
     store.save(stale)
-    assert dict(store.load(sid)) == {"n": 2}
+    assert dict(store.load(public_id)) == {"n": 2}
 
 
 def test_merge_keeps_the_other_user_id_unless_changed_here(store: SessionStore) -> None:
-    sid = stored(store, a=0)
-    login, stale = store.load(sid), store.load(sid)
+    public_id = stored(store, a=0)
+    login, stale = store.load(public_id), store.load(public_id)
     login.user_id = 42
     store.save(login)
     stale["a"] = 1
     store.save(stale)
-    merged = store.load(sid)
+    merged = store.load(public_id)
     assert merged.user_id == "42" and merged["a"] == 1
 
 
 def test_save_after_a_delete_is_interrupted_not_resurrected(store: SessionStore, caplog) -> None:
-    sid = stored(store, a=1)
-    logout, slow = store.load(sid), store.load(sid)
+    public_id = stored(store, a=1)
+    logout, slow = store.load(public_id), store.load(public_id)
     store.delete(logout)
     slow["a"] = 2
     with caplog.at_level("WARNING", logger="storedsession.security"):
@@ -79,8 +79,8 @@ def test_save_after_a_delete_is_interrupted_not_resurrected(store: SessionStore,
 
 
 def test_regenerate_after_a_delete_is_interrupted(store: SessionStore) -> None:
-    sid = stored(store, a=1)
-    logout, login = store.load(sid), store.load(sid)
+    public_id = stored(store, a=1)
+    logout, login = store.load(public_id), store.load(public_id)
     store.delete(logout)
     login.regenerate()
     with pytest.raises(SessionInterrupted):
@@ -89,15 +89,15 @@ def test_regenerate_after_a_delete_is_interrupted(store: SessionStore) -> None:
 
 
 def test_regenerate_merges_a_concurrent_change(store: SessionStore) -> None:
-    sid = stored(store, cart=[1])
-    other, login = store.load(sid), store.load(sid)
+    public_id = stored(store, cart=[1])
+    other, login = store.load(public_id), store.load(public_id)
     other["cart"].append(2)
     store.save(other)
     login.regenerate()
     login.user_id = 7
     store.save(login)
-    assert login.id != sid
-    assert store.load(sid).new
+    assert login.id != public_id
+    assert store.load(public_id).new
     fresh = store.load(login.id)
     assert fresh["cart"] == [1, 2] and fresh.user_id == "7"
     assert len(fetch_rows(store)) == 1
@@ -129,20 +129,20 @@ def test_regenerate_redraws_a_taken_id_never_writes_over_it(
 
 def test_persistent_conflict_raises_instead_of_dropping(store, monkeypatch) -> None:
     monkeypatch.setattr(writes_module, "MAX_CONFLICT_RETRIES", 0)
-    sid = stored(store, n=0)
-    winner, loser = store.load(sid), store.load(sid)
+    public_id = stored(store, n=0)
+    winner, loser = store.load(public_id), store.load(public_id)
     winner["n"] = 1
     store.save(winner)
     loser["m"] = 1
     with pytest.raises(StoreUnavailable):
         store.save(loser)
-    assert dict(store.load(sid)) == {"n": 1}
+    assert dict(store.load(public_id)) == {"n": 1}
 
 
 @pytest.mark.slow
 def test_eight_threads_on_one_session(make_store) -> None:
     store = make_store()
-    sid = stored(store, start=True)
+    public_id = stored(store, start=True)
     rounds = 5
     errors: list[BaseException] = []
     barrier = threading.Barrier(8)
@@ -151,7 +151,7 @@ def test_eight_threads_on_one_session(make_store) -> None:
         try:
             barrier.wait()
             for step in range(rounds):
-                session = store.load(sid)
+                session = store.load(public_id)
                 session[f"t{number}"] = step
                 store.save(session)
         except BaseException as exc:
@@ -163,7 +163,7 @@ def test_eight_threads_on_one_session(make_store) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    final = store.load(sid)
+    final = store.load(public_id)
     assert dict(final) == {"start": True, **{f"t{n}": rounds - 1 for n in range(8)}}
     assert len(fetch_rows(store)) == 1
 
@@ -171,7 +171,7 @@ def test_eight_threads_on_one_session(make_store) -> None:
 @pytest.mark.slow
 def test_eight_threads_racing_a_delete(make_store) -> None:
     store = make_store()
-    sid = stored(store, start=True)
+    public_id = stored(store, start=True)
     outcomes: list[str] = []
     unexpected: list[BaseException] = []
     barrier = threading.Barrier(9)
@@ -179,7 +179,7 @@ def test_eight_threads_racing_a_delete(make_store) -> None:
     def writer(number: int) -> None:
         barrier.wait()
         for step in range(5):
-            session = store.load(sid)
+            session = store.load(public_id)
             if session.new:
                 outcomes.append("gone")
                 return
@@ -195,7 +195,7 @@ def test_eight_threads_racing_a_delete(make_store) -> None:
 
     def deleter() -> None:
         barrier.wait()
-        store.delete(store.load(sid))
+        store.delete(store.load(public_id))
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
     threads.append(threading.Thread(target=deleter))

@@ -14,20 +14,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import bottle
-import falcon
-import falcon.asgi
-import falcon.testing
 import peewee
 import pytest
 from playhouse import db_url
 
 from storedsession import ConfigurationError, SessionStore
-from storedsession.plugins.bottle import StoredSessionPlugin
-from storedsession.plugins.falcon import StoredSessionMiddleware
 
+from .fronts import FRONTS, build
 from .support import backend_url, stored
-from .wire import wsgi_call
 
 
 class Server:
@@ -177,60 +171,15 @@ def test_the_pool_size_from_the_url_caps_the_connections(make, server) -> None:
     server.assert_opened(2)
 
 
-def _bottle(store: SessionStore) -> Callable[[str | None], tuple[int, str | None]]:
-    app = bottle.Bottle()
-    app.config["catchall"] = False
-    app.install(StoredSessionPlugin(store))
-
-    @app.route("/count")
-    def count(session: Any) -> dict[str, int]:
-        session["n"] = session.get("n", 0) + 1
-        return {"n": session["n"]}
-
-    def get(cookie: str | None) -> tuple[int, str | None]:
-        reply = wsgi_call(app, "/count", cookie=cookie)
-        return reply.status, reply.session_pair() if cookie is None else cookie
-
-    return get
-
-
-def _falcon(store: SessionStore, asgi: bool) -> Callable[[str | None], tuple[int, str | None]]:
-    def count(req: Any, resp: Any) -> None:
-        session = req.context.session
-        session["n"] = session.get("n", 0) + 1
-        resp.media = {"n": session["n"]}
-
-    class Count:
-        def on_get(self, req: Any, resp: Any) -> None:
-            count(req, resp)
-
-    class CountAsync:
-        async def on_get(self, req: Any, resp: Any) -> None:
-            count(req, resp)
-
-    app: Any = falcon.asgi.App() if asgi else falcon.App()
-    app.add_middleware(StoredSessionMiddleware(store))
-    app.add_route("/count", CountAsync() if asgi else Count())
-    client = falcon.testing.TestClient(app)
-
-    def get(cookie: str | None) -> tuple[int, str | None]:
-        result = client.simulate_get("/count", headers={"Cookie": cookie} if cookie else {})
-        if cookie is None:
-            cookie = f"session={result.cookies['session'].value}"
-        return result.status_code, cookie
-
-    return get
-
-
-@pytest.mark.parametrize("front", ["bottle", "falcon-wsgi", "falcon-asgi"])
+@pytest.mark.parametrize("front", FRONTS)
 def test_sequential_adapter_requests_use_one_connection(make, server, front) -> None:
     store = make(limit=1)
-    get = _bottle(store) if front == "bottle" else _falcon(store, asgi=front == "falcon-asgi")
-    status, cookie = get(None)
-    assert status == 200
+    app = build(front, store)
+    first = app.get("/count")
+    assert first.status == 200
+    cookie = first.session_pair()
     for _ in range(59):
-        status, _ = get(cookie)
-        assert status == 200
+        assert app.get("/count", cookie=cookie).status == 200
     assert store.load(cookie.partition("=")[2])["n"] == 60
     server.assert_opened(1, exactly=True)
 

@@ -256,3 +256,53 @@ def test_sqlite_files_the_store_creates_are_owner_only(tmp_path, keys) -> None:
         assert _mode(shared) == 0o640
     finally:
         os.umask(previous)
+
+
+def test_peewees_query_log_shows_the_stores_statements(make_store, caplog) -> None:
+    # The store runs its statements on the driver's cursor when nobody watches; once
+    # peewee's log is at DEBUG, they go through peewee and show there as always.
+    store = make_store()
+    session = store.load(None)
+    session["a"] = 1
+    store.save(session)
+    with caplog.at_level("DEBUG", logger="peewee"):
+        assert store.load(session.id)["a"] == 1
+    assert any(store._sql.select in record.getMessage() for record in caplog.records)
+
+
+def test_a_database_with_its_own_execute_sql_runs_every_statement_through_it(
+    tmp_path, keys, table_name
+) -> None:
+    class Watched(peewee.SqliteDatabase):
+        def execute_sql(self, sql: str, params: object = None) -> object:
+            seen.append(sql)
+            return super().execute_sql(sql, params)
+
+    seen: list[str] = []
+    database = Watched(str(tmp_path / "watched.db"))
+    store = SessionStore(database, keys=keys, table_name=table_name)
+    store.create_table()
+    session = store.load(None)
+    session["a"] = 1
+    store.save(session)
+    seen.clear()
+    with database.connection_context():
+        assert store.load(session.id)["a"] == 1
+    assert seen == [store._sql.select]
+
+
+def test_one_statement_reaches_the_driver_per_load(tmp_path, keys, table_name) -> None:
+    # Counted by SQLite itself, below peewee: the direct path runs what peewee would.
+    store = SessionStore(f"sqlite:///{tmp_path}/traced.db", keys=keys, table_name=table_name)
+    store.create_table()
+    session = store.load(None)
+    session["a"] = 1
+    store.save(session)
+    traced: list[str] = []
+    with store.connected():
+        store.database.connection().set_trace_callback(traced.append)
+        for _ in range(5):
+            assert store.load(session.id)["a"] == 1
+        store.database.connection().set_trace_callback(None)
+    assert len(traced) == 5 and all(line.startswith("SELECT") for line in traced)
+    store.close()

@@ -9,13 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import bottle
 import falcon
-import falcon.asgi
-import falcon.testing
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,8 +22,9 @@ from storedsession import ConfigurationError, SessionInfo, SessionStore, devices
 from storedsession.plugins.bottle import StoredSessionPlugin
 from storedsession.plugins.falcon import StoredSessionMiddleware
 
+from .fronts import FRONTS, Front, Web, build
 from .support import fetch_rows
-from .wire import wsgi_call
+from .wire import Reply
 
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 CHROME_WINDOWS = (
@@ -351,7 +349,6 @@ def test_in_a_merge_the_sign_in_keeps_its_device(store) -> None:
 
 
 # -- the three fronts, on every backend ----------------------------------------------------
-FRONTS = ("bottle", "falcon-wsgi", "falcon-asgi")
 REAL = "203.0.113.7"
 FORGED = {
     "X-Forwarded-For": "198.51.100.66",
@@ -360,99 +357,45 @@ FORGED = {
 }
 
 
-def _act(session: Any, action: str, name: str | None) -> dict[str, Any]:
-    if action == "login":
-        session.regenerate()  # a new id at login
-        session.user_id = name
-    elif action == "become":
-        session.user_id = name
-    elif action == "count":
-        session["n"] = session.get("n", 0) + 1
-    return {"user": session.user_id, "n": session.get("n")}
+def sign_in(web: Web) -> Any:
+    web.session.regenerate()  # a new id at login
+    web.session.user_id = web.query("name")
+    return {"user": web.session.user_id}
 
 
-@dataclass
-class Got:
-    status: int
-    body: bytes
-    session: str | None  # the session cookie's value, when one was set
-
-
-class Front:
-    """One app per front with the adapter, and a way to send it a request from a client."""
-
-    def __init__(self, kind: str, store: SessionStore, **options: Any) -> None:
-        self.kind = kind
-        self.seen: list[Any] = []  # what client_ip was given
-        if kind == "bottle":
-            app = bottle.Bottle()
-            app.config["catchall"] = False
-            app.install(StoredSessionPlugin(store, **options))
-
-            @app.route("/<action>")
-            def act(action: str, session: Any) -> dict[str, Any]:
-                return _act(session, action, bottle.request.query.getunicode("name"))
-
-            self.app = app
-        else:
-            asgi = kind == "falcon-asgi"
-            app = (falcon.asgi.App if asgi else falcon.App)(
-                middleware=[StoredSessionMiddleware(store, **options)]
-            )
-
-            class Sync:
-                def on_get(self, req: Any, resp: Any, action: str) -> None:
-                    resp.media = _act(req.context.session, action, req.get_param("name"))
-
-            class Async:
-                async def on_get(self, req: Any, resp: Any, action: str) -> None:
-                    resp.media = _act(req.context.session, action, req.get_param("name"))
-
-            app.add_route("/{action}", Async() if asgi else Sync())
-            self.client = falcon.testing.TestClient(app)
-
-    def get(
-        self,
-        path: str,
-        *,
-        agent: str | None = FIREFOX_LINUX,
-        address: str = REAL,
-        cookie: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Got:
-        headers = dict(headers or {})
-        if agent is not None:
-            headers["User-Agent"] = agent
-        if self.kind == "bottle":
-            app = self.app
-
-            def served(environ: dict[str, Any], start_response: Any) -> Any:
-                return app({**environ, "REMOTE_ADDR": address}, start_response)
-
-            reply = wsgi_call(
-                served,
-                path,
-                cookie=None if cookie is None else f"session={cookie}",
-                headers=headers,
-            )
-            found = reply.cookie()
-            return Got(reply.status, reply.body, found.value if found else None)
-        if cookie is not None:
-            headers["Cookie"] = f"session={cookie}"
-        path, _, query = path.partition("?")
-        result = self.client.simulate_get(
-            path, query_string=query, headers=headers, remote_addr=address
-        )
-        found = result.cookies.get("session")
-        return Got(result.status_code, result.content, found.value if found else None)
+def become(web: Web) -> Any:
+    web.session.user_id = web.query("name")
+    return {"user": web.session.user_id}
 
 
 @pytest.fixture(params=FRONTS)
 def front(request: pytest.FixtureRequest, store: SessionStore) -> Callable[..., Front]:
+    """Build the front with adapter options, serving ``/login`` and ``/become``."""
+
     def make(**options: Any) -> Front:
-        return Front(request.param, store, **options)
+        built = build(request.param, store, **options)
+        built.route("/login", sign_in)
+        built.route("/become", become)
+        return built
 
     return make
+
+
+def visit(
+    app: Front,
+    path: str,
+    *,
+    agent: str | None = FIREFOX_LINUX,
+    address: str = REAL,
+    public_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """One request from a browser with user agent ``agent`` at ``address``."""
+    headers = dict(headers or {})
+    if agent is not None:
+        headers["User-Agent"] = agent
+    cookie = None if public_id is None else f"session={public_id}"
+    return app.get(path, cookie=cookie, headers=headers, address=address)
 
 
 def only(store: SessionStore, user: str = "alice") -> SessionInfo:
@@ -462,37 +405,37 @@ def only(store: SessionStore, user: str = "alice") -> SessionInfo:
 
 def test_fronts_record_at_creation_and_at_login_only(front, store, signed_in_events) -> None:
     app = front()
-    first = app.get("/count", agent=CHROME_WINDOWS)  # anonymous: nothing recorded
-    assert first.status == 200 and first.session
-    assert store.load(first.session)._meta == {}
-    login = app.get("/login?name=alice", agent=FIREFOX_LINUX, cookie=first.session)
-    assert login.session and login.session != first.session
+    first = visit(app, "/count", agent=CHROME_WINDOWS)  # anonymous: nothing recorded
+    assert first.status == 200 and first.public_id
+    assert store.load(first.public_id)._meta == {}
+    login = visit(app, "/login?name=alice", agent=FIREFOX_LINUX, public_id=first.public_id)
+    assert login.public_id and login.public_id != first.public_id
     assert (only(store).device, only(store).ip) == ("Firefox on Linux", None)  # record_ip: off
     for _ in range(2):
-        assert app.get("/count", agent=CHROME_WINDOWS, cookie=login.session).status == 200
+        assert visit(app, "/count", agent=CHROME_WINDOWS, public_id=login.public_id).status == 200
     assert only(store).user_agent == FIREFOX_LINUX  # ordinary requests change nothing
-    relogin = app.get("/login?name=alice", agent=CHROME_WINDOWS, cookie=login.session)
+    relogin = visit(app, "/login?name=alice", agent=CHROME_WINDOWS, public_id=login.public_id)
     assert only(store).device == "Chrome on Windows"
-    created = app.get("/become?name=bob", agent=FIREFOX_LINUX)  # a new session with a user
+    created = visit(app, "/become?name=bob", agent=FIREFOX_LINUX)  # a new session with a user
     assert only(store, "bob").user_agent == FIREFOX_LINUX
-    handles = [ids.handle_for(c) for c in (login.session, relogin.session, created.session)]
+    handles = [ids.handle_for(p) for p in (login.public_id, relogin.public_id, created.public_id)]
     assert signed_in_events == list(zip(handles, ["alice", "alice", "bob"], strict=True))
 
 
 def test_fronts_record_nothing_when_the_option_is_off(front, store) -> None:
     app = front(record_user_agent=False)
-    login = app.get("/login?name=alice", headers=FORGED)
+    login = visit(app, "/login?name=alice", headers=FORGED)
     assert login.status == 200
-    assert store.load(login.session)._meta == {}
+    assert store.load(login.public_id)._meta == {}
     info = only(store)
     assert (info.user_agent, info.device, info.ip) == (None, None, None)
 
 
 def test_fronts_record_the_real_address_never_a_forged_header(front, store) -> None:
     app = front(record_ip=True)
-    app.get("/login?name=alice", headers=FORGED)
+    visit(app, "/login?name=alice", headers=FORGED)
     assert only(store).ip == REAL
-    app.get("/become?name=bob", address="::ffff:192.0.2.44", headers=FORGED)
+    visit(app, "/become?name=bob", address="::ffff:192.0.2.44", headers=FORGED)
     assert only(store, "bob").ip == "192.0.2.44"
 
 
@@ -511,14 +454,14 @@ def test_fronts_take_the_address_from_client_ip_behind_a_proxy(front, store, cap
         return value.split(",")[-1] if value else None
 
     app = front(record_ip=True, client_ip=behind_proxy)
-    app.get("/become?name=alice", headers={"X-Forwarded-For": "10.9.9.9, 198.51.100.5"})
+    visit(app, "/become?name=alice", headers={"X-Forwarded-For": "10.9.9.9, 198.51.100.5"})
     assert only(store).ip == "198.51.100.5"
     kind = bottle.BaseRequest if app.kind == "bottle" else falcon.Request
     assert len(given) == 1 and isinstance(given[0], kind)
-    app.get("/become?name=bob", headers={"X-Forwarded-For": "not an address"})
+    visit(app, "/become?name=bob", headers={"X-Forwarded-For": "not an address"})
     assert only(store, "bob").ip is None
     with caplog.at_level(logging.WARNING):
-        ok = app.get("/become?name=carol", headers={"X-Forwarded-For": "raise"})
+        ok = visit(app, "/become?name=carol", headers={"X-Forwarded-For": "raise"})
     assert ok.status == 200 and only(store, "carol").ip is None
     assert only(store, "carol").device == "Firefox on Linux"
     assert [r.getMessage() for r in caplog.records] == [
@@ -531,15 +474,15 @@ def test_fronts_store_hostile_user_agents_safely(front, store, caplog, name) -> 
     agent = HOSTILE_AGENTS[name]
     app = front(record_ip=True)
     caplog.set_level(logging.DEBUG)
-    login = app.get("/login?name=alice", agent=agent)
+    login = visit(app, "/login?name=alice", agent=agent)
     assert login.status == 200
     info = only(store)
     # As the front handed it over (WSGI and ASGI servers decode header bytes as latin-1).
     assert info.user_agent is not None and info.user_agent == agent[:512]
     assert info.device and info.device.isprintable()
-    assert app.get("/count", cookie=login.session).status == 200
+    assert visit(app, "/count", public_id=login.public_id).status == 200
     assert not any(agent[:20] in r.getMessage() or REAL in r.getMessage() for r in caplog.records)
-    page = common.sessions_page("Test", store.load(login.session), [info], None)
+    page = common.sessions_page("Test", store.load(login.public_id), [info], None)
     assert "<script>" not in page and "<img" not in page and "\x1b" not in page
 
 
@@ -548,9 +491,9 @@ def test_recording_costs_no_query_on_any_request(front, store, count_queries) ->
     for options in ({"record_user_agent": False}, {"record_ip": True}):
         app = front(**options)
         with count_queries(store) as q:
-            login = app.get("/login?name=alice")
-            app.get("/count", cookie=login.session)
-            app.get("/login?name=alice", cookie=login.session)
+            login = visit(app, "/login?name=alice")
+            visit(app, "/count", public_id=login.public_id)
+            visit(app, "/login?name=alice", public_id=login.public_id)
         counts.append(q.count)
     assert counts[0] == counts[1]
 

@@ -20,7 +20,7 @@ from .vectors import generate
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "envelope-v1.json").read_text("utf-8"))
 VECTORS_V2 = json.loads(generate.V2_PATH.read_text("utf-8"))
-SID = "ab" * 32
+HANDLE = "ab" * 32
 #: The columns a sealed payload is bound to besides its stored id: user_id, created, idle.
 ROW: tuple[Any, ...] = ("7", 1767268800000, None)
 
@@ -30,38 +30,38 @@ def envelope() -> Envelope:
     return Envelope(parse_keys([generate_key()]), "stored_sessions")
 
 
-def seal_v1(envelope: Envelope, plaintext: bytes, sid: str) -> bytes:
+def seal_v1(envelope: Envelope, plaintext: bytes, handle: str) -> bytes:
     """Seal in format 1, which the package no longer writes, under the envelope's first key."""
     key = base64.urlsafe_b64encode(envelope.keys[0].secret).decode("ascii")
     salt, nonce = os.urandom(16), os.urandom(12)
-    return generate.seal_v1(key, salt, nonce, envelope.table_name, sid, plaintext)
+    return generate.seal_v1(key, salt, nonce, envelope.table_name, handle, plaintext)
 
 
 def test_round_trip_and_overhead(envelope: Envelope) -> None:
-    sealed = envelope.seal(b'{"a":1}', SID, *ROW)
+    sealed = envelope.seal(b'{"a":1}', HANDLE, *ROW)
     assert sealed[0] == crypto.FORMAT_VERSION == 2
     assert len(sealed) == len(b'{"a":1}') + len(b"{}") + OVERHEAD
     assert b'{"a":1}' not in sealed
-    assert envelope.open(sealed, SID, *ROW) == ({}, b'{"a":1}')
+    assert envelope.open(sealed, HANDLE, *ROW) == ({}, b'{"a":1}')
 
 
 def test_metadata_travels_beside_the_data(envelope: Envelope) -> None:
     metadata = {"user_agent": "Firefox", "ip": "::1"}
-    sealed = envelope.seal(b'{"a":1}', SID, *ROW, metadata)
-    assert envelope.open(sealed, SID, *ROW) == (metadata, b'{"a":1}')
+    sealed = envelope.seal(b'{"a":1}', HANDLE, *ROW, metadata)
+    assert envelope.open(sealed, HANDLE, *ROW) == (metadata, b'{"a":1}')
 
 
 def test_same_plaintext_never_gives_the_same_ciphertext(envelope: Envelope) -> None:
-    assert envelope.seal(b"x", SID, *ROW) != envelope.seal(b"x", SID, *ROW)
+    assert envelope.seal(b"x", HANDLE, *ROW) != envelope.seal(b"x", HANDLE, *ROW)
 
 
 def test_bound_to_row_and_table(envelope: Envelope) -> None:
-    sealed = envelope.seal(b"secret", SID, *ROW)
+    sealed = envelope.seal(b"secret", HANDLE, *ROW)
     with pytest.raises(DecryptionFailed):
         envelope.open(sealed, "cd" * 32, *ROW)
     other_table = Envelope(envelope.keys, "other_sessions")
     with pytest.raises(DecryptionFailed):
-        other_table.open(sealed, SID, *ROW)
+        other_table.open(sealed, HANDLE, *ROW)
 
 
 @pytest.mark.parametrize(
@@ -77,70 +77,72 @@ def test_bound_to_row_and_table(envelope: Envelope) -> None:
     ],
 )
 def test_bound_to_user_id_creation_and_idle_timeout(envelope: Envelope, columns) -> None:
-    sealed = envelope.seal(b"{}", SID, *ROW)
+    sealed = envelope.seal(b"{}", HANDLE, *ROW)
     with pytest.raises(DecryptionFailed, match="authentication failed"):
-        envelope.open(sealed, SID, *columns)
+        envelope.open(sealed, HANDLE, *columns)
 
 
 def test_associated_data_is_unambiguous() -> None:
     header = b"\x02" + b"\0" * 20
     aad = crypto.associated_data
     pairs = [
-        (("t", SID, None, 1, None), ("t", SID, "", 1, None)),  # NULL is not empty
-        (("t", SID, "1", 23, None), ("t", SID, "12", 3, None)),  # no shifting across fields
-        (("t", SID, None, 1, None), ("t", SID, None, 1, 0)),
-        (("t", SID, "a", 1, 2), ("t", SID, "a", 12, None)),
-        (("ta", SID, None, 1, None), ("t", "a" + SID, None, 1, None)),
+        (("t", HANDLE, None, 1, None), ("t", HANDLE, "", 1, None)),  # NULL is not empty
+        (("t", HANDLE, "1", 23, None), ("t", HANDLE, "12", 3, None)),  # no shifting across fields
+        (("t", HANDLE, None, 1, None), ("t", HANDLE, None, 1, 0)),
+        (("t", HANDLE, "a", 1, 2), ("t", HANDLE, "a", 12, None)),
+        (("ta", HANDLE, None, 1, None), ("t", "a" + HANDLE, None, 1, None)),
     ]
     for left, right in pairs:
         assert aad(header, *left) != aad(header, *right)
-    assert aad(header, "t", SID, "Zoë", 1, 2) == generate.aad_v2(header, "t", SID, "Zoë", 1, 2)
+    assert aad(header, "t", HANDLE, "Zoë", 1, 2) == generate.aad_v2(
+        header, "t", HANDLE, "Zoë", 1, 2
+    )
 
 
 @pytest.mark.parametrize("bad", [("7", "1767268800000", None), ("7", 1, "60"), (b"7", 1, None)])
 def test_columns_of_the_wrong_type_do_not_open(envelope: Envelope, bad) -> None:
-    sealed = envelope.seal(b"{}", SID, *ROW)
+    sealed = envelope.seal(b"{}", HANDLE, *ROW)
     with pytest.raises(DecryptionFailed, match="wrong type"):
-        envelope.open(sealed, SID, *bad)
+        envelope.open(sealed, HANDLE, *bad)
 
 
 def test_every_bit_flip_is_refused(envelope: Envelope) -> None:
-    sealed = envelope.seal(b'{"k":"value"}', SID, *ROW)
+    sealed = envelope.seal(b'{"k":"value"}', HANDLE, *ROW)
     for bit in range(len(sealed) * 8):
         tampered = bytearray(sealed)
         tampered[bit // 8] ^= 1 << (bit % 8)
         with pytest.raises(DecryptionFailed):
-            envelope.open(bytes(tampered), SID, *ROW)
+            envelope.open(bytes(tampered), HANDLE, *ROW)
 
 
 def test_every_truncation_is_refused(envelope: Envelope) -> None:
-    sealed = envelope.seal(b'{"k":"value"}', SID, *ROW)
+    sealed = envelope.seal(b'{"k":"value"}', HANDLE, *ROW)
     for length in range(len(sealed)):
         with pytest.raises(DecryptionFailed):
-            envelope.open(sealed[:length], SID, *ROW)
+            envelope.open(sealed[:length], HANDLE, *ROW)
 
 
 def test_wrong_key_is_refused(envelope: Envelope) -> None:
-    sealed = envelope.seal(b"x", SID, *ROW)
+    sealed = envelope.seal(b"x", HANDLE, *ROW)
     with pytest.raises(DecryptionFailed, match="not configured"):
-        Envelope(parse_keys(generate_key()), "stored_sessions").open(sealed, SID, *ROW)
+        Envelope(parse_keys(generate_key()), "stored_sessions").open(sealed, HANDLE, *ROW)
 
 
 def test_rotation_old_key_second_still_decrypts() -> None:
     old, new = generate_key(), generate_key()
-    sealed = Envelope(parse_keys(old), "t").seal(b"x", SID, *ROW)
+    sealed = Envelope(parse_keys(old), "t").seal(b"x", HANDLE, *ROW)
     rotated = Envelope(parse_keys([new, old]), "t")
-    assert rotated.open(sealed, SID, *ROW) == ({}, b"x")
+    assert rotated.open(sealed, HANDLE, *ROW) == ({}, b"x")
     assert rotated.needs_rotation(sealed)
-    assert not rotated.needs_rotation(rotated.seal(b"x", SID, *ROW))
+    assert not rotated.needs_rotation(rotated.seal(b"x", HANDLE, *ROW))
 
 
 def test_format_1_opens_needs_rotation_even_under_the_newest_key(envelope: Envelope) -> None:
-    sealed = seal_v1(envelope, b'{"a":1}', SID)
+    sealed = seal_v1(envelope, b'{"a":1}', HANDLE)
     assert sealed[0] == 1 and sealed[1:5] == envelope.keys[0].key_id
     # Format 1 binds no columns: any user_id, creation or idle timeout opens it.
-    assert envelope.open(sealed, SID, None, 0, None) == ({}, b'{"a":1}')
-    assert envelope.open(sealed, SID, "admin", 5, 10**6) == ({}, b'{"a":1}')
+    assert envelope.open(sealed, HANDLE, None, 0, None) == ({}, b'{"a":1}')
+    assert envelope.open(sealed, HANDLE, "admin", 5, 10**6) == ({}, b'{"a":1}')
     assert envelope.needs_rotation(sealed)
     with pytest.raises(DecryptionFailed):
         envelope.open(sealed, "cd" * 32, *ROW)  # still bound to its row
@@ -148,18 +150,18 @@ def test_format_1_opens_needs_rotation_even_under_the_newest_key(envelope: Envel
 
 def test_format_1_is_refused_without_legacy_envelopes(envelope: Envelope) -> None:
     strict = Envelope(envelope.keys, envelope.table_name, legacy=False)
-    sealed = seal_v1(envelope, b"{}", SID)
+    sealed = seal_v1(envelope, b"{}", HANDLE)
     with pytest.raises(DecryptionFailed, match="legacy_envelopes=False"):
-        strict.open(sealed, SID, *ROW)
-    assert strict.open(strict.seal(b"{}", SID, *ROW), SID, *ROW) == ({}, b"{}")
+        strict.open(sealed, HANDLE, *ROW)
+    assert strict.open(strict.seal(b"{}", HANDLE, *ROW), HANDLE, *ROW) == ({}, b"{}")
 
 
 @pytest.mark.parametrize("version", [0, 3, 255])
 def test_unknown_formats_are_refused(envelope: Envelope, version: int) -> None:
-    sealed = bytearray(envelope.seal(b"{}", SID, *ROW))
+    sealed = bytearray(envelope.seal(b"{}", HANDLE, *ROW))
     sealed[0] = version
     with pytest.raises(DecryptionFailed, match="known format"):
-        envelope.open(bytes(sealed), SID, *ROW)
+        envelope.open(bytes(sealed), HANDLE, *ROW)
     assert envelope.needs_rotation(bytes(sealed))
 
 
@@ -167,21 +169,21 @@ def test_subkey_is_renewed_long_before_the_nonce_limit(monkeypatch, envelope) ->
     assert crypto.SUBKEY_MESSAGES <= 2**24
     monkeypatch.setattr(crypto, "SUBKEY_MESSAGES", 3)
     fresh = Envelope(envelope.keys, "stored_sessions")
-    salts = {fresh.seal(b"x", SID, *ROW)[5:21] for _ in range(9)}
+    salts = {fresh.seal(b"x", HANDLE, *ROW)[5:21] for _ in range(9)}
     assert len(salts) >= 3
-    first = fresh.seal(b"early", SID, *ROW)
+    first = fresh.seal(b"early", HANDLE, *ROW)
     for _ in range(10):
-        fresh.seal(b"x", SID, *ROW)
-    assert fresh.open(first, SID, *ROW) == ({}, b"early")  # older sub-keys still open
+        fresh.seal(b"x", HANDLE, *ROW)
+    assert fresh.open(first, HANDLE, *ROW) == ({}, b"early")  # older sub-keys still open
 
 
 def test_subkeys_are_cached_not_derived_per_message(monkeypatch, envelope) -> None:
     calls = []
     real = crypto._derive
     monkeypatch.setattr(crypto, "_derive", lambda key, salt: calls.append(1) or real(key, salt))
-    sealed = [envelope.seal(b"x", SID, *ROW) for _ in range(50)]
+    sealed = [envelope.seal(b"x", HANDLE, *ROW) for _ in range(50)]
     for item in sealed:
-        envelope.open(item, SID, *ROW)
+        envelope.open(item, HANDLE, *ROW)
     assert len(calls) <= 1
 
 

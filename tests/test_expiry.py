@@ -19,36 +19,36 @@ from .support import FakeClock, fetch_rows, stored
 
 def test_idle_timeout(make_store, clock) -> None:
     store = make_store(idle_timeout=600, touch_interval=0)
-    sid = stored(store)
+    public_id = stored(store)
     clock.advance(599)
-    session = store.load(sid)
+    session = store.load(public_id)
     assert not session.new
     store.save(session)  # an unchanged session is touched: "last seen" moves
     clock.advance(599)
-    assert not store.load(sid).new
+    assert not store.load(public_id).new
     clock.advance(2)
-    assert store.load(sid).new
+    assert store.load(public_id).new
 
 
 def test_absolute_timeout_caps_even_active_sessions(make_store, clock) -> None:
     store = make_store(idle_timeout=600, absolute_timeout=timedelta(hours=1), touch_interval=0)
-    sid = stored(store)
+    public_id = stored(store)
     for _ in range(5):
         clock.advance(500)
-        session = store.load(sid)
+        session = store.load(public_id)
         assert not session.new
         store.save(session)  # touch
     clock.advance(3600 - 2500)
-    assert store.load(sid).new
+    assert store.load(public_id).new
 
 
 def test_no_limits(make_store, clock) -> None:
     store = make_store(idle_timeout=None, absolute_timeout=None)
-    sid = stored(store)
-    session = store.load(sid)
+    public_id = stored(store)
+    session = store.load(public_id)
     assert session.expires_at is None and store.cookie_max_age(session) is None
     clock.advance(days=3650)
-    assert not store.load(sid).new
+    assert not store.load(public_id).new
     assert store.expire() == 0
 
 
@@ -117,11 +117,11 @@ def test_cookie_max_age_follows_remaining_lifetime(make_store, clock) -> None:
 
 def test_a_tightened_configuration_applies_at_load(make_store, clock) -> None:
     generous = make_store(idle_timeout=timedelta(days=14))
-    sid = stored(generous)
+    public_id = stored(generous)
     strict = make_store(idle_timeout=60)
     clock.advance(120)
-    assert strict.load(sid).new
-    assert not generous.load(sid).new
+    assert strict.load(public_id).new
+    assert not generous.load(public_id).new
 
 
 def test_expire_removes_exactly_the_expired_rows(make_store, clock) -> None:
@@ -139,8 +139,8 @@ def test_expire_removes_exactly_the_expired_rows(make_store, clock) -> None:
         signals.sessions_expired.receivers.clear()
     assert counted == [7]
     assert len(fetch_rows(store)) == 3
-    assert all(store.load(sid).new for sid in old)
-    assert all(not store.load(sid).new for sid in young)
+    assert all(store.load(public_id).new for public_id in old)
+    assert all(not store.load(public_id).new for public_id in young)
     assert store.expire() == 0
 
 
@@ -166,9 +166,9 @@ def test_expire_reports_batches_and_rejects_bad_batch_sizes(make_store, clock) -
 
 def test_expired_rows_never_load_before_cleanup(make_store, clock) -> None:
     store = make_store(idle_timeout=60)
-    sid = stored(store)
+    public_id = stored(store)
     clock.advance(61)
-    assert store.load(sid).new
+    assert store.load(public_id).new
     assert len(fetch_rows(store)) == 1  # still there, until expire()
 
 
@@ -176,11 +176,11 @@ def test_same_answer_in_any_timezone(make_store, clock, monkeypatch) -> None:
     import time
 
     store = make_store(idle_timeout=600)
-    sid = stored(store)
+    public_id = stored(store)
     for tz in ("UTC", "America/New_York", "Asia/Kolkata", "Pacific/Kiritimati"):
         monkeypatch.setenv("TZ", tz)
         time.tzset()
-        session = store.load(sid)
+        session = store.load(public_id)
         assert not session.new
         assert session.created_at == clock.now
     monkeypatch.undo()

@@ -23,11 +23,11 @@ def test_sqlite_locked_past_the_busy_timeout(tmp_path, keys) -> None:
     database = peewee.SqliteDatabase(str(path), timeout=0.3, pragmas={"journal_mode": "wal"})
     store = SessionStore(database, keys=keys)
     store.create_table()
-    sid = stored(store, n=1)
+    public_id = stored(store, n=1)
     blocker = sqlite3.connect(str(path), isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
     try:
-        session = store.load(sid)  # WAL: readers are not blocked
+        session = store.load(public_id)  # WAL: readers are not blocked
         session["n"] = 2
         started = time.monotonic()
         with pytest.raises(StoreUnavailable) as info:
@@ -42,18 +42,18 @@ def test_sqlite_locked_past_the_busy_timeout(tmp_path, keys) -> None:
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert store.load(sid)["n"] == 1  # previous data intact
-    retry = store.load(sid)
+    assert store.load(public_id)["n"] == 1  # previous data intact
+    retry = store.load(public_id)
     retry["n"] = 2
     store.save(retry)  # and it works again once the lock is gone
-    assert store.load(sid)["n"] == 2
+    assert store.load(public_id)["n"] == 2
 
 
 def test_sqlite_disk_full(tmp_path, keys) -> None:
     path = tmp_path / "full.db"
     setup = SessionStore(f"sqlite:///{path}", keys=keys)
     setup.create_table()
-    sid = stored(setup, n=1)
+    public_id = stored(setup, n=1)
     with setup.connected():
         pages = setup.database.execute_sql("PRAGMA page_count").fetchone()[0]
     setup.close()
@@ -61,7 +61,7 @@ def test_sqlite_disk_full(tmp_path, keys) -> None:
         str(path), pragmas={"journal_mode": "wal", "max_page_count": pages}
     )
     store = SessionStore(capped, keys=keys)
-    session = store.load(sid)
+    session = store.load(public_id)
     session["blob"] = "x" * 200_000
     with pytest.raises(StoreUnavailable) as info:
         store.save(session)
@@ -70,7 +70,7 @@ def test_sqlite_disk_full(tmp_path, keys) -> None:
     big["blob"] = "y" * 200_000
     with pytest.raises(StoreUnavailable):
         store.save(big)
-    assert dict(store.load(sid)) == {"n": 1}
+    assert dict(store.load(public_id)) == {"n": 1}
     assert len(fetch_rows(store)) == 1
 
 

@@ -215,8 +215,8 @@ def test_a_save_that_waited_too_long_for_a_lock_tries_again_then_gives_up(
     store.create_table()
     blocker = db_url.connect(mariadb_url)
     try:
-        sid = stored(store, n=0)
-        session = store.load(sid)
+        public_id = stored(store, n=0)
+        session = store.load(public_id)
         blocker.connect()
         lock = f"SELECT sid FROM {table_name} WHERE sid = %s FOR UPDATE"
         with store.connected() as database:
@@ -226,7 +226,7 @@ def test_a_save_that_waited_too_long_for_a_lock_tries_again_then_gives_up(
             threading.Timer(2.5, blocker.connection().rollback).start()
             session["n"] = 1
             store.save(session)  # 1205 twice, then the lock is gone
-            assert store.load(sid)["n"] == 1
+            assert store.load(public_id)["n"] == 1
 
             monkeypatch.setattr(writes_module, "MAX_CONFLICT_SECONDS", 1.5)
             blocker.begin()
@@ -237,7 +237,7 @@ def test_a_save_that_waited_too_long_for_a_lock_tries_again_then_gives_up(
                 store.save(session)
             assert time.monotonic() - started < 5
             blocker.rollback()
-            assert store.load(sid)["n"] == 1
+            assert store.load(public_id)["n"] == 1
     finally:
         blocker.close()
         store.drop_table()
@@ -277,14 +277,16 @@ def test_concurrent_saves_of_different_keys_through_three_nodes_keep_every_chang
     before = _conflicts(stores)
     errors: list[BaseException] = []
     for _storm in range(5):  # until Galera has really aborted some of them
-        sid = stored(stores[0], start=True)
+        public_id = stored(stores[0], start=True)
         barrier = threading.Barrier(3 * threads_per_node)
 
-        def worker(store: SessionStore, key: str, sid: str = sid, barrier=barrier) -> None:
+        def worker(
+            store: SessionStore, key: str, public_id: str = public_id, barrier=barrier
+        ) -> None:
             try:
                 barrier.wait()
                 for _ in range(rounds):
-                    session = store.load(sid)
+                    session = store.load(public_id)
                     session[key] = session.get(key, 0) + 1  # a lost update shows in the count
                     store.save(session)
             except BaseException as exc:
@@ -302,7 +304,7 @@ def test_concurrent_saves_of_different_keys_through_three_nodes_keep_every_chang
             f"n{n}t{t}": rounds for n in range(1, 4) for t in range(threads_per_node)
         }
         for store in stores:
-            assert dict(store.load(sid)) == expected
+            assert dict(store.load(public_id)) == expected
         if _conflicts(stores) > before:
             break
     assert _conflicts(stores) > before
@@ -316,10 +318,10 @@ def test_a_logout_on_node_2_right_after_a_save_on_node_1_always_removes_it(nodes
         session = first.load(None)
         session["user"] = "alice"
         first.save(session)
-        sid = session.id
+        public_id = session.id
         second.delete(session)  # the session object came from node 1: a DELETE by its id
-        if not third.load(sid).new or not first.load(sid).new:
-            kept.append(sid)
+        if not third.load(public_id).new or not first.load(public_id).new:
+            kept.append(public_id)
     assert kept == []
 
 
@@ -345,18 +347,18 @@ def test_signing_out_everywhere_while_other_nodes_save_ends_every_session(nodes)
     alive, failed = [], []
     for number in range(TRIES // 8):
         user = f"u{number}"
-        sids = []
+        public_ids = []
         for _ in range(2):
             session = stores[0].load(None)
             session.user_id, session["n"] = user, 0
             stores[0].save(session)
-            sids.append(session.id)
+            public_ids.append(session.id)
         barrier = threading.Barrier(3)
 
-        def save(store: SessionStore, sid: str, barrier: threading.Barrier = barrier) -> None:
+        def save(store: SessionStore, public_id: str, barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
             for _ in range(3):
-                session = store.load(sid)
+                session = store.load(public_id)
                 if session.new:
                     return
                 session["n"] += 1
@@ -374,12 +376,16 @@ def test_signing_out_everywhere_while_other_nodes_save_ends_every_session(nodes)
 
         _run(
             [
-                threading.Thread(target=save, args=(stores[0], sids[0])),
-                threading.Thread(target=save, args=(stores[2], sids[1])),
+                threading.Thread(target=save, args=(stores[0], public_ids[0])),
+                threading.Thread(target=save, args=(stores[2], public_ids[1])),
                 threading.Thread(target=revoke),
             ]
         )
-        alive += [sid for sid in sids if any(not store.load(sid).new for store in stores)]
+        alive += [
+            public_id
+            for public_id in public_ids
+            if any(not store.load(public_id).new for store in stores)
+        ]
     assert failed == []
     assert alive == []
 
@@ -389,12 +395,12 @@ def test_a_delete_on_node_2_is_never_found_on_node_3(nodes) -> None:
     first, second, third = nodes()
     found = []
     for _ in range(TRIES):
-        sid = stored(first, user="alice")
-        logout = second.load(sid)
+        public_id = stored(first, user="alice")
+        logout = second.load(public_id)
         assert not logout.new  # and a load right after a save elsewhere finds it
         second.delete(logout)
-        if not third.load(sid).new:
-            found.append(sid)
+        if not third.load(public_id).new:
+            found.append(public_id)
     assert found == []
 
 
@@ -404,8 +410,8 @@ def test_a_save_on_node_1_racing_a_logout_on_node_2_never_undoes_it(nodes) -> No
     outcomes: dict[str, int] = {}
     resurrected, unexpected = [], []
     for _ in range(TRIES // 4):
-        sid = stored(first, cart=[1])
-        writer, logout = first.load(sid), second.load(sid)
+        public_id = stored(first, cart=[1])
+        writer, logout = first.load(public_id), second.load(public_id)
         writer["cart"] = [1, 2]
         barrier = threading.Barrier(2)
 
@@ -427,8 +433,8 @@ def test_a_save_on_node_1_racing_a_logout_on_node_2_never_undoes_it(nodes) -> No
                 unexpected.append(exc)
 
         _run([threading.Thread(target=save), threading.Thread(target=delete)])
-        if any(not store.load(sid).new for store in (first, second, third)):
-            resurrected.append(sid)
+        if any(not store.load(public_id).new for store in (first, second, third)):
+            resurrected.append(public_id)
     assert unexpected == []
     assert resurrected == []
     assert sum(outcomes.values()) == TRIES // 4
@@ -496,7 +502,7 @@ def test_a_node_killed_and_restarted_under_load_loses_nothing(cluster, nodes) ->
         other = node % 3 + 1  # logouts land on the next node
         while not stop.is_set():
             try:
-                session = store.load(state["sid"])
+                session = store.load(state["public_id"])
                 if session.new:
                     failed(node, AssertionError("a counter session vanished"))
                     return
@@ -513,22 +519,22 @@ def test_a_node_killed_and_restarted_under_load_loses_nothing(cluster, nodes) ->
                 continue
             if state["acked"] % 4 == 0:  # now and then a login here, a logout there
                 try:
-                    sid = stored(store, user=f"{node}-{index}")
+                    public_id = stored(store, user=f"{node}-{index}")
                 except StoreUnavailable as exc:
                     failed(node, exc)
                     continue
                 try:
-                    stores[other - 1].delete(stores[other - 1].load(sid))
+                    stores[other - 1].delete(stores[other - 1].load(public_id))
                 except StoreUnavailable as exc:
                     failed(other, exc)
                     continue
                 with lock:
-                    logged_out.append(sid)
+                    logged_out.append(public_id)
 
     for node in (1, 2, 3):
         for index in range(threads_per_node):
-            sid = stored(stores[node - 1], n=0)
-            counters[(node, index)] = {"sid": sid, "acked": 0, "unsure": 0}
+            public_id = stored(stores[node - 1], n=0)
+            counters[(node, index)] = {"public_id": public_id, "acked": 0, "unsure": 0}
     threads = [
         threading.Thread(target=worker, args=(node, index))
         for node in (1, 2, 3)
@@ -558,13 +564,17 @@ def test_a_node_killed_and_restarted_under_load_loses_nothing(cluster, nodes) ->
     assert errors[2] == [], errors[2]
     assert not any("vanished" in line for line in errors[3]), errors[3]
     for (node, _index), state in counters.items():
-        final = stores[0].load(state["sid"])["n"]
-        assert final == stores[1].load(state["sid"])["n"] == stores[2].load(state["sid"])["n"]
+        final = stores[0].load(state["public_id"])["n"]
+        assert (
+            final
+            == stores[1].load(state["public_id"])["n"]
+            == stores[2].load(state["public_id"])["n"]
+        )
         if node != 3:
             assert final == state["acked"], state  # every acknowledged save, exactly
         else:
             assert state["acked"] <= final <= state["acked"] + state["unsure"], state
     assert all(state["acked"] > 0 for state in counters.values())
     assert len(logged_out) > 0
-    for sid in logged_out:
-        assert all(store.load(sid).new for store in stores), "a logged-out session came back"
+    for public_id in logged_out:
+        assert all(store.load(public_id).new for store in stores), "a logged-out session came back"

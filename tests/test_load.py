@@ -1,13 +1,14 @@
 """Real servers under a bounded load: no error, no lost change, no cross-talk, no resurrection.
 
-The Bottle app runs under waitress (threaded WSGI) and the Falcon ASGI app under uvicorn,
-both in this process on a loopback port, on PostgreSQL and MariaDB through the pooled URLs
-we recommend. The load generator is a few hundred threads, each a keep-alive HTTP client
-with its own cookie, all started at once for a fixed number of requests. Then a storm on
-one session, each request changing its own key: every request answers 200 (a 503 is a
-change the user lost) and every change is kept; and a logout in the middle of such a
-storm: the row stays gone and the old cookie reads as a new, empty session. Everything is
-bounded: counts, socket timeouts, joins; the servers stop in fixture teardown.
+The Bottle app runs under waitress (threaded WSGI) and the Falcon ASGI app under uvicorn
+(the apps of tests/fronts.py's fronts, with this module's routes), both in this process on
+a loopback port, on PostgreSQL and MariaDB through the pooled URLs we recommend. The load
+generator is a few hundred threads, each a keep-alive HTTP client with its own cookie,
+all started at once for a fixed number of requests. Then a storm on one session, each
+request changing its own key: every request answers 200 (a 503 is a change the user lost)
+and every change is kept; and a logout in the middle of such a storm: the row stays gone
+and the old cookie reads as a new, empty session. Everything is bounded: counts, socket
+timeouts, joins; the servers stop in fixture teardown.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import bottle
-import falcon
-import falcon.asgi
 import peewee
 import pytest
 import uvicorn
@@ -32,9 +30,8 @@ from playhouse import db_url
 from waitress import wasyncore
 
 from storedsession import SessionStore
-from storedsession.plugins.bottle import StoredSessionPlugin
-from storedsession.plugins.falcon import StoredSessionMiddleware
 
+from .fronts import Web, build
 from .support import backend_url, fetch_rows
 from .wire import SetCookie
 
@@ -53,64 +50,37 @@ TIMEOUT = 120.0  # seconds: any one socket operation, and the whole of one load
 # -- what the clients do, the same for both apps ------------------------------------------
 
 
-def visit(session: Any, client: str | None) -> dict[str, Any]:
+def visit(web: Web) -> Any:
     """Count this client's visits; a session that is not its own shows in the answer."""
-    session.setdefault("client", client)
+    session = web.session
+    session.setdefault("client", web.query("client"))
     session["n"] = session.get("n", 0) + 1
     return {"client": session["client"], "n": session["n"]}
 
 
-def set_key(session: Any, key: str | None, value: str | None) -> dict[str, Any]:
+def set_key(web: Web) -> Any:
     """Set one key of an existing session; never create one (the app needs a login)."""
-    if session.new:
+    if web.session.new:
         return {"gone": True}
-    session[str(key)] = int(value or 0)
+    web.session[str(web.query("key"))] = int(web.query("value") or 0)
     return {"ok": True}
 
 
-def read(session: Any) -> dict[str, Any]:
-    return {"new": session.new, "keys": sorted(session)}
+def read(web: Web) -> Any:
+    return {"new": web.session.new, "keys": sorted(web.session)}
 
 
-def logout(session: Any) -> dict[str, Any]:
-    session.invalidate()
+def logout(web: Web) -> Any:
+    web.session.invalidate()
     return {"bye": True}
 
 
-def bottle_app(store: SessionStore) -> bottle.Bottle:
-    app = bottle.Bottle()
-    app.config["catchall"] = False
-    app.install(StoredSessionPlugin(store))
-    request = bottle.request  # thread-local: read its query inside the handler
-    app.route("/hit", callback=lambda session: visit(session, request.query.get("client")))
-    app.route(
-        "/set",
-        callback=lambda session: set_key(
-            session, request.query.get("key"), request.query.get("value")
-        ),
-    )
-    app.route("/read", callback=lambda session: read(session))
-    app.route("/logout", callback=lambda session: logout(session))
-    return app
-
-
-def falcon_asgi_app(store: SessionStore) -> falcon.asgi.App:
-    app = falcon.asgi.App(middleware=[StoredSessionMiddleware(store)])
-
-    def resource(answer: Callable[[Any, falcon.asgi.Request], dict[str, Any]]) -> object:
-        class Resource:
-            async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-                resp.media = answer(req.context.session, req)
-
-        return Resource()
-
-    app.add_route("/hit", resource(lambda s, req: visit(s, req.get_param("client"))))
-    app.add_route(
-        "/set", resource(lambda s, req: set_key(s, req.get_param("key"), req.get_param("value")))
-    )
-    app.add_route("/read", resource(lambda s, req: read(s)))
-    app.add_route("/logout", resource(lambda s, req: logout(s)))
-    return app
+def served_app(kind: str, store: SessionStore) -> Any:
+    """The framework's app of front ``kind`` (tests/fronts.py) with the routes above."""
+    front = build(kind, store)
+    for path, handler in (("/hit", visit), ("/set", set_key), ("/read", read), ("/logout", logout)):
+        front.route(path, handler)
+    return front.app
 
 
 # -- the servers --------------------------------------------------------------------------
@@ -121,7 +91,7 @@ class Waitress:
 
     def __init__(self, store: SessionStore) -> None:
         self.server: Any = waitress.create_server(
-            bottle_app(store),
+            served_app("bottle", store),
             host="127.0.0.1",
             port=0,
             threads=WSGI_THREADS,
@@ -150,7 +120,7 @@ class Uvicorn:
         self.socket = socket.create_server(("127.0.0.1", 0), backlog=1024)
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(
-            falcon_asgi_app(store),
+            served_app("falcon-asgi", store),
             lifespan="off",
             log_level="warning",
             access_log=False,

@@ -12,7 +12,7 @@ import pytest
 from storedsession.database import open_database
 from storedsession.pools import RECENT, MySQLPool, PostgresPool
 
-from .conftest import backend_url
+from .support import backend_url
 
 SERVER_BACKENDS = ["postgres", "mysql"]
 

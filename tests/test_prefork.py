@@ -3,6 +3,10 @@
 Each client keeps its own session and counts; every count must come out exact, both
 workers must have served, and the server's log must hold no traceback and no warning
 (a worker reading another's rows would log "could not be decrypted").
+
+The app is not a tests/fronts.py front: gunicorn imports it by name in processes of its
+own (tests/prefork_app.py), and it is written the way the README shows (the plugin built
+from a URL, the table created at import), which is what ``--preload`` must survive.
 """
 
 from __future__ import annotations

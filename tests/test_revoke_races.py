@@ -135,16 +135,16 @@ def pause_after(
 
 @contextmanager
 def deletions_by(store: SessionStore) -> Iterator[list[str]]:
-    """Collect the ``sid`` of every ``session_delete`` that ``store`` sends."""
-    sids: list[str] = []
+    """Collect the handle (``sid=``) of every ``session_delete`` that ``store`` sends."""
+    handles: list[str] = []
 
     def receiver(sender: Any, sid: str, **kwargs: Any) -> None:
         if sender is store:
-            sids.append(sid)
+            handles.append(sid)
 
     signals.session_delete.connect(receiver)
     try:
-        yield sids
+        yield handles
     finally:
         signals.session_delete.disconnect(receiver)
 
@@ -157,13 +157,13 @@ def signed_in(store: SessionStore, user: str, **data: Any) -> Session:
     return session
 
 
-def regenerate(store: SessionStore, other: SessionStore, session_id: str, scenario: str) -> str:
+def regenerate(store: SessionStore, other: SessionStore, public_id: str, scenario: str) -> str:
     """Regenerate the session the way ``scenario`` says; return its new id."""
-    session = store.load(session_id)
+    session = store.load(public_id)
     assert not session.new
     session.regenerate()
     if scenario == "after_a_conflict":
-        first = other.load(session_id)
+        first = other.load(public_id)
         first["other"] = 1
         other.save(first)  # saved first: the regenerate's versioned write will miss
     if scenario == "in_app_transaction":
@@ -171,14 +171,16 @@ def regenerate(store: SessionStore, other: SessionStore, session_id: str, scenar
             store.save(session)
     else:
         store.save(session)
-    assert session.id is not None and session.id != session_id
+    assert session.id is not None and session.id != public_id
     return session.id
 
 
 def rows_of(store: SessionStore, user: str) -> set[str]:
     model = store.model
     with store.connected():
-        return {sid for (sid,) in model.select(model.sid).where(model.user_id == user).tuples()}
+        return {
+            handle for (handle,) in model.select(model.sid).where(model.user_id == user).tuples()
+        }
 
 
 def cases(iterations: int = ITERATIONS) -> Iterator[tuple[int, str, int]]:
@@ -261,16 +263,16 @@ def storm(moving: SessionStore, revoking: SessionStore, user: str, sessions: int
     barrier = threading.Barrier(sessions + 1)
     stop = threading.Event()  # a survivor would keep moving for ever
 
-    def keep_moving(session_id: str) -> None:
+    def keep_moving(public_id: str) -> None:
         barrier.wait()
         try:
             while not stop.is_set():
-                session = moving.load(session_id)
+                session = moving.load(public_id)
                 if session.new:
                     return  # revoked between two regenerates
                 session.regenerate()
                 moving.save(session)
-                session_id = session.id
+                public_id = session.id
         except SessionInterrupted:
             return  # revoked during this one
         except BaseException as exc:

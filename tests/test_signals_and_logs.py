@@ -50,11 +50,11 @@ def test_signals_carry_the_hashed_id_only(store: SessionStore, received, clock) 
         "session_delete",
         "sessions_expired",
     ]
-    sids = [kwargs["sid"] for _, kwargs in received if "sid" in kwargs]
-    assert session.id not in sids and loaded.id not in sids
-    assert all(ids.is_handle(sid) for sid in sids)
-    assert sids[:3] == [old_handle] * 3 and old_handle == session.handle
-    assert sids[3:] == [loaded.handle, old_handle, loaded.handle, loaded.handle]
+    handles = [kwargs["sid"] for _, kwargs in received if "sid" in kwargs]
+    assert session.id not in handles and loaded.id not in handles
+    assert all(ids.is_handle(handle) for handle in handles)
+    assert handles[:3] == [old_handle] * 3 and old_handle == session.handle
+    assert handles[3:] == [loaded.handle, old_handle, loaded.handle, loaded.handle]
     assert received[-1][1] == {"count": 0}
 
 

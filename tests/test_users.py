@@ -70,13 +70,13 @@ def test_revoke_user_keeps_this_device(store: SessionStore) -> None:
     here = _login(store, 1)
     elsewhere = [_login(store, 1) for _ in range(3)]
     other_user = _login(store, 2)
-    deleted_sids: list[str] = []
-    signals.session_delete.connect(lambda sender, sid: deleted_sids.append(sid), weak=False)
+    deleted_handles: list[str] = []
+    signals.session_delete.connect(lambda sender, sid: deleted_handles.append(sid), weak=False)
     try:
         assert store.revoke_user(1, keep=here) == 3
     finally:
         signals.session_delete.receivers.clear()
-    assert sorted(deleted_sids) == sorted(s.handle for s in elsewhere)
+    assert sorted(deleted_handles) == sorted(s.handle for s in elsewhere)
     assert not store.load(here.id).new
     assert all(store.load(s.id).new for s in elsewhere)
     assert not store.load(other_user.id).new

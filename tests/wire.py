@@ -80,6 +80,12 @@ class Reply:
         assert len(found) <= 1, f"Set-Cookie sent {len(found)} times for {name!r}"
         return found[0] if found else None
 
+    @property
+    def public_id(self) -> str | None:
+        """The value of the ``session`` cookie this reply sets, or None."""
+        found = self.cookie()
+        return found.value if found else None
+
     def session_pair(self, name: str = "session") -> str:
         """The ``name=value`` pair to send back, checking the id is well formed."""
         cookie = self.cookie(name)
@@ -101,6 +107,7 @@ def wsgi_call(
     https: bool = False,
     headers: dict[str, str] | None = None,
     body: bytes = b"",
+    remote_addr: str | None = None,
 ) -> Reply:
     """Call a WSGI app once, the way a server would, and return what it sent."""
     path, _, query = path.partition("?")
@@ -124,6 +131,8 @@ def wsgi_call(
     }
     if cookie is not None:
         environ["HTTP_COOKIE"] = cookie
+    if remote_addr is not None:
+        environ["REMOTE_ADDR"] = remote_addr
     for name, value in (headers or {}).items():
         key = name.upper().replace("-", "_")
         environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value

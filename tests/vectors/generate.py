@@ -79,7 +79,7 @@ def key_id(key: str) -> bytes:
     return hashlib.sha256(b"storedsession key id\0" + secret(key)).digest()[:4]
 
 
-def handle(public_id: str) -> str:
+def handle_for(public_id: str) -> str:
     """Return the stored id of a public id."""
     return hashlib.sha256(public_id.encode("ascii")).hexdigest()
 
@@ -93,10 +93,12 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def seal_v1(key: str, salt: bytes, nonce: bytes, table: str, sid: str, plaintext: bytes) -> bytes:
+def seal_v1(
+    key: str, salt: bytes, nonce: bytes, table: str, handle: str, plaintext: bytes
+) -> bytes:
     """Seal in format 1: only the header, the table name and the stored id are bound."""
     header = b"\x01" + key_id(key) + salt
-    aad = header + b"\0" + table.encode("utf-8") + b"\0" + sid.encode("ascii")
+    aad = header + b"\0" + table.encode("utf-8") + b"\0" + handle.encode("ascii")
     return header + nonce + _subkey(key, salt).encrypt(nonce, plaintext, aad)
 
 
@@ -105,14 +107,14 @@ def _field(value: bytes | None) -> bytes:
 
 
 def aad_v2(
-    header: bytes, table: str, sid: str, user_id: str | None, created: int, idle: int | None
+    header: bytes, table: str, handle: str, user_id: str | None, created: int, idle: int | None
 ) -> bytes:
     """The associated data of format 2: the header, then each field length-prefixed."""
     return header + b"".join(
         _field(part)
         for part in (
             table.encode("utf-8"),
-            sid.encode("ascii"),
+            handle.encode("ascii"),
             None if user_id is None else user_id.encode("utf-8"),
             b"%d" % created,
             None if idle is None else b"%d" % idle,
@@ -125,7 +127,7 @@ def seal_v2(
     salt: bytes,
     nonce: bytes,
     table: str,
-    sid: str,
+    handle: str,
     user_id: str | None,
     created: int,
     idle: int | None,
@@ -136,7 +138,7 @@ def seal_v2(
     header = b"\x02" + key_id(key) + salt
     meta = _json(metadata)
     plaintext = len(meta).to_bytes(4, "big") + meta + _json(data)
-    aad = aad_v2(header, table, sid, user_id, created, idle)
+    aad = aad_v2(header, table, handle, user_id, created, idle)
     return header + nonce + _subkey(key, salt).encrypt(nonce, plaintext, aad)
 
 
@@ -144,13 +146,13 @@ def build_v2() -> dict[str, Any]:
     """Return the content of envelope-v2.json."""
     vectors = []
     for case in V2_CASES:
-        sid = handle(case["public_id"])
+        handle = handle_for(case["public_id"])
         envelope = seal_v2(
             case["key"],
             bytes.fromhex(case["salt"]),
             bytes.fromhex(case["nonce"]),
             TABLE,
-            sid,
+            handle,
             case["user_id"],
             case["created_at"],
             case["idle_timeout"],
@@ -161,7 +163,7 @@ def build_v2() -> dict[str, Any]:
             {
                 **case,
                 "table_name": TABLE,
-                "sid": sid,
+                "sid": handle,
                 "plaintext": _json(case["data"]).decode("utf-8"),
                 "envelope": envelope.hex(),
             }
