@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from storedsession import SessionStore, StoredSessionError, generate_key
+from storedsession import SessionStore, SessionTable, StoredSessionError, generate_key
 from storedsession.database import is_mysql, is_sqlite
 
 from .fill import fill
@@ -70,10 +70,10 @@ def _requests(
         i += 1
 
 
-def _settle(store: SessionStore, table: str) -> None:
+def _settle(session_table: SessionTable, table: str) -> None:
     """Let the database digest the fill before anything is timed."""
-    db = store.database
-    with store.connected():
+    db = session_table.database
+    with session_table.connected():
         if is_sqlite(db):
             db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         elif is_mysql(db):
@@ -115,7 +115,7 @@ def sweep_under_load(url: str, rows: int, max_load: float | None = None) -> dict
                 created=now - 10**6,
             )
 
-        _settle(store, table)
+        _settle(store.table, table)
         calm: dict[str, list[float]] = {"read": [], "write": []}
         errors: list[str] = []
         _requests(store, public_ids, threading.Event(), calm, errors, 300)  # warm up

@@ -29,8 +29,9 @@ from typing import Any
 
 import peewee
 
-from storedsession import SessionStore
+from storedsession import SessionTable
 from storedsession.database import is_mysql, is_sqlite
+from storedsession.lifetime import now_ms
 
 from .expiry import _settle
 from .fill import BATCH, _rows
@@ -74,19 +75,19 @@ def _random_ms(database: peewee.Database) -> str:
 def run_once(backend: str, url: str, rows: int, live: int, layout: str) -> dict[str, Any]:
     """Fill a table, time one ``storedsession-expire`` on it, check what it left."""
     table = f"bench_rate_{uuid.uuid4().hex[:8]}"
-    store = SessionStore.without_keys(url, table_name=table)
-    store.create_table()
+    session_table = SessionTable(url, table)
+    session_table.create_table()
     try:
-        db = store.database
-        now = store.now()
-        with store.connected():
+        db = session_table.database
+        now = now_ms()
+        with session_table.connected():
             if layout == "ordered":  # one row every 10 ms, oldest first
                 expires = f"{now - 60_000 - rows * 10} + 10 * {{n}}"
             else:
                 expires = f"{now - 60_000} - {_random_ms(db)}"
             _fill(db, table, rows, expires, now - DAY_MS * 2)
             _fill(db, table, live, str(now + 10**9), now - DAY_MS * 2)
-        _settle(store, table)
+        _settle(session_table, table)
         command = shutil.which("storedsession-expire") or str(
             Path(sys.executable).parent / "storedsession-expire"
         )
@@ -104,7 +105,7 @@ def run_once(backend: str, url: str, rows: int, live: int, layout: str) -> dict[
         found = re.fullmatch(r"Expired (\d+) sessions\.", done.stdout.strip())
         removed = int(found.group(1)) if found else 0
         quoted = db.quote[0] + table + db.quote[1]
-        with store.connected():
+        with session_table.connected():
             left = db.execute_sql(f"SELECT COUNT(*) FROM {quoted}").fetchone()[0]
         return {
             "backend": backend,
@@ -120,8 +121,8 @@ def run_once(backend: str, url: str, rows: int, live: int, layout: str) -> dict[
             "load_average": os.getloadavg()[0],
         }
     finally:
-        store.drop_table()
-        store.close()
+        session_table.drop_table()
+        session_table.close()
 
 
 def main(argv: list[str] | None = None) -> int:

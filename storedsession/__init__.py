@@ -14,6 +14,7 @@ from .exceptions import (
 from .keys import generate_key
 from .session import Session
 from .store import SessionStore
+from .table import SessionTable
 from .users import SessionInfo
 from .writes import Outcome
 
@@ -27,6 +28,7 @@ __all__ = [
     "SessionInfo",
     "SessionInterrupted",
     "SessionStore",
+    "SessionTable",
     "SessionTooLarge",
     "SessionConflict",
     "StoreUnavailable",

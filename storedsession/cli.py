@@ -45,6 +45,7 @@ from .schema import (
     user_id_column,
 )
 from .store import SessionStore
+from .table import SessionTable
 
 #: The environment variable ``--database`` falls back to.
 DATABASE_ENV = "STOREDSESSION_DATABASE_URL"
@@ -81,16 +82,22 @@ class Target:
     database: str | None = None
     table: str = DEFAULT_TABLE
 
-    def store(self, keys: Sequence[str] | None = None) -> SessionStore:
-        """Build the store (without keys unless given); it closes when the command ends."""
-        if not self.database:
-            raise BadUsage(f"No database given: pass --database URL or set {DATABASE_ENV}.")
-        if keys is None:
-            store = SessionStore.without_keys(self.database, table_name=self.table)
-        else:
-            store = SessionStore(self.database, keys=list(keys), table_name=self.table)
+    def session_table(self) -> SessionTable:
+        """Open the table, for a command that needs no keys; it closes when the command ends."""
+        table = SessionTable(self._url(), self.table)
+        click.get_current_context().call_on_close(table.close)
+        return table
+
+    def store(self, keys: Sequence[str]) -> SessionStore:
+        """Build the store with ``keys``; it closes when the command ends."""
+        store = SessionStore(self._url(), keys=list(keys), table_name=self.table)
         click.get_current_context().call_on_close(store.close)
         return store
+
+    def _url(self) -> str:
+        if not self.database:
+            raise BadUsage(f"No database given: pass --database URL or set {DATABASE_ENV}.")
+        return self.database
 
     def where(self) -> str:
         """Name the database for a message, without its password."""
@@ -189,21 +196,21 @@ def init(target: Target, upgrade: bool) -> None:
     statement that fixes it; with --upgrade it runs that statement online, or refuses,
     saying why, where the server would copy the table.
     """
-    store = target.store()
-    with store.connected():
-        existed = store.database.table_exists(store.table_name)
-        store.create_table()
-        column = user_id_column(store) if existed else None
+    table = target.session_table()
+    with table.connected():
+        existed = table.database.table_exists(table.table_name)
+        table.create_table()
+        column = user_id_column(table) if existed else None
     if not existed:
-        click.echo(f"Created the session table {store.table_name!r}.")
+        click.echo(f"Created the session table {table.table_name!r}.")
         return
-    lines = [f"The session table {store.table_name!r} exists already."]
+    lines = [f"The session table {table.table_name!r} exists already."]
     if column is None or column.exact:
         if upgrade:
             lines.append("Its user_id column compares user ids exactly: nothing to upgrade.")
     elif upgrade:
         try:
-            upgrade_user_id(store, column)
+            upgrade_user_id(table, column)
         except UpgradeNeedsCopy as exc:
             raise click.ClickException(str(exc)) from None
         lines.append(
@@ -269,14 +276,14 @@ def expire(
     moment the sweep began, so a session used meanwhile stays. Batches follow one another
     at once unless --max-load asks for rest between them.
     """
-    store = target.store()
+    table = target.session_table()
     if dry_run:
-        click.echo(f"Would expire {store.count_expired()} sessions.")
+        click.echo(f"Would expire {table.count_expired()} sessions.")
         return
     if max_load < 1:
         os.nice(10)  # sharing the machine too: the application's processes come first
-    with _progress("Expiring sessions", store.count_expired) as progress:
-        result = store.sweep(
+    with _progress("Expiring sessions", table.count_expired) as progress:
+        result = table.sweep(
             batch_size, max_load=max_load, max_seconds=max_seconds, progress=progress
         )
     if not result.finished:
@@ -407,14 +414,14 @@ def stats_command(target: Target) -> None:
     say), the size of the table where the database can tell, and how many stored rows
     are in each envelope format under each key id (format 1: run rotate-keys).
     """
-    store = target.store()
-    figures = stats(store)
+    table = target.session_table()
+    figures = stats(table)
 
     def when(moment: Any) -> str:
         return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
     rows = [
-        ("Table", f"{store.table_name} in {target.where()}"),
+        ("Table", f"{table.table_name} in {target.where()}"),
         ("Live", figures.live),
         ("Expired", figures.expired),
         ("Total", figures.total),

@@ -38,7 +38,7 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -46,7 +46,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import forks, serialization
-from .exceptions import ConfigurationError
 from .keys import Key
 
 #: The format this release writes.
@@ -262,15 +261,3 @@ def _split(plaintext: bytes) -> tuple[dict[str, Any], bytes]:
     if len(plaintext) < end:
         raise ValueError("the metadata runs past the end of the plaintext")
     return serialization.loads(plaintext[_META_LENGTH:end]), plaintext[end:]
-
-
-class NoKeys:
-    """The envelope of a store built by :meth:`SessionStore.without_keys`: it refuses."""
-
-    def _refuse(self, *args: object) -> NoReturn:
-        raise ConfigurationError(
-            "This store was built without keys, for the chores that never read a payload "
-            "(create_table, expire, count_expired); reading or writing sessions needs keys."
-        )
-
-    seal = open = needs_rotation = _refuse

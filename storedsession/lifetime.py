@@ -21,6 +21,11 @@ def utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+def now_ms() -> int:
+    """Return the system clock's time in epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
 def seconds(value: float | timedelta | None, name: str) -> float | None:
     """Normalise a duration given as seconds or a timedelta; ``None`` stays ``None``."""
     if value is None:
@@ -64,7 +69,7 @@ class Lifetime:
     def now(self) -> int:
         """Return the current time in epoch milliseconds, from the clock."""
         if self._clock is None:
-            return int(time.time() * 1000)
+            return int(time.time() * 1000)  # now_ms(), inline: one call less per load
         moment = self._clock()
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)

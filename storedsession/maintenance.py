@@ -7,8 +7,9 @@ to format 2 (which authenticates ``user_id``, creation time and idle timeout), s
 each to the columns it holds at that moment: what format 1 never bound is taken as it is.
 A row whose stored id the store cannot have written (not ASCII) is counted and skipped.
 ``storedsession stats`` counts envelopes per format and key id from the payloads' first
-bytes, without keys. The table's schema (migrations, upgrades) is
-:mod:`storedsession.schema`'s.
+bytes: :func:`stats`, :func:`envelope_counts` and :func:`table_size` take a
+:class:`~storedsession.table.SessionTable`, since they need no keys. The table's schema
+(migrations, upgrades) is :mod:`storedsession.schema`'s.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import peewee
 
 from .crypto import FORMAT_VERSION, LEGACY_FORMAT, DecryptionFailed
 from .database import is_mysql, is_sqlite
-from .lifetime import utc
+from .lifetime import now_ms, utc
 from .store import SessionStore
+from .table import SessionTable
 
 #: How often a row that live traffic changed under the rotation is re-read and retried.
 ROTATION_RETRIES = 3
@@ -60,7 +62,7 @@ class Rotation:
 class StoredRow(NamedTuple):
     """The columns of one row that a rotation reads, in the order it selects them."""
 
-    sid: str
+    handle: str
     payload: bytes
     user_id: str | None
     created: int
@@ -77,7 +79,7 @@ def rotate_keys(
 ) -> Rotation:
     """Re-encrypt every stored session under the store's first key; report what happened.
 
-    Rows are walked in ``sid`` order, ``batch_size`` at a time, each batch starting after
+    Rows are walked in handle order, ``batch_size`` at a time, each batch starting after
     the last id of the one before (no ``OFFSET`` that rows deleted meanwhile would shift).
     Rows already in the current format under the first key are skipped without a write, so
     running it again after an interruption goes on where it stopped; rows in an earlier
@@ -103,7 +105,7 @@ def rotate_keys(
                 report.add(rotate_row(store, row))
         if not rows:
             return report
-        last = rows[-1].sid
+        last = rows[-1].handle
         if progress is not None:
             progress(len(rows))
 
@@ -118,28 +120,28 @@ def rotate_row(store: SessionStore, row: StoredRow) -> RowOutcome:
     is then re-read and tried again, a bounded number of times.
     """
     model, envelope = store.model, store.envelope
-    sid = row.sid
-    if not sid.isascii():  # written by hand: no envelope can be bound to it
+    handle = row.handle
+    if not handle.isascii():  # written by hand: no envelope can be bound to it
         return RowOutcome.MALFORMED
     for _ in range(ROTATION_RETRIES):
         try:
             payload = bytes(row.payload)
             if not envelope.needs_rotation(payload):
                 return RowOutcome.CURRENT
-            metadata, data = envelope.open(payload, sid, row.user_id, row.created, row.idle)
+            metadata, data = envelope.open(payload, handle, row.user_id, row.created, row.idle)
         except (DecryptionFailed, TypeError):  # TypeError: SQLite keeps text in a blob
             return RowOutcome.UNREADABLE
-        sealed = envelope.seal(data, sid, row.user_id, row.created, row.idle, metadata)
+        sealed = envelope.seal(data, handle, row.user_id, row.created, row.idle, metadata)
         update = model.update(payload=sealed).where(
-            (model.sid == sid) & (model.version == row.version)
+            (model.sid == handle) & (model.version == row.version)
         )
         with store.connected():
             if update.execute() == 1:
                 return RowOutcome.ROTATED
-            again = model.select(*_columns(model)).where(model.sid == sid).tuples().first()
+            again = model.select(*_columns(model)).where(model.sid == handle).tuples().first()
         if again is None:
             return RowOutcome.GONE
-        row = StoredRow(sid, *again)
+        row = StoredRow(handle, *again)
     return RowOutcome.CHANGED
 
 
@@ -158,13 +160,13 @@ class EnvelopeCount(NamedTuple):
 _KNOWN_FORMATS = (LEGACY_FORMAT, FORMAT_VERSION)
 
 
-def envelope_counts(store: SessionStore) -> tuple[EnvelopeCount, ...]:
+def envelope_counts(table: SessionTable) -> tuple[EnvelopeCount, ...]:
     """Count the rows per envelope format and key id, inside a connection; needs no keys.
 
     Only the first five bytes of each payload are read, in SQL: nothing is decrypted and
     no payload crosses the wire. Newest format first, then the most rows.
     """
-    model = store.model
+    model = table.model
     head = peewee.fn.SUBSTR(model.payload, 1, 5)
     query = model.select(head, peewee.fn.COUNT(model.sid)).group_by(peewee.SQL("1")).tuples()
     counts: dict[tuple[int | None, str | None], int] = {}
@@ -212,9 +214,9 @@ def _utc(ms: Any) -> datetime | None:
     return None if ms is None else utc(int(ms))  # MySQL's MIN() may give a Decimal
 
 
-def stats(store: SessionStore) -> Stats:
+def stats(table: SessionTable) -> Stats:
     """Count the table's sessions and their envelopes, and measure it where it can."""
-    model, now = store.model, store.now()
+    model, now = table.model, now_ms()
     live = model.expires_at.is_null() | (model.expires_at > now)
 
     def when(condition: Any, value: Any, default: Any = None) -> Any:
@@ -227,10 +229,10 @@ def stats(store: SessionStore) -> Stats:
         peewee.fn.MIN(when(live, model.created_at)),
         peewee.fn.MAX(when(live, model.created_at)),
     ).tuples()
-    with store.connected():
+    with table.connected():
         total, expired, with_user, oldest, newest = query.get()
-        size, size_of = table_size(store)
-        envelopes = envelope_counts(store)
+        size, size_of = table_size(table)
+        envelopes = envelope_counts(table)
     expired = int(expired or 0)
     return Stats(
         live=int(total) - expired,
@@ -244,9 +246,9 @@ def stats(store: SessionStore) -> Stats:
     )
 
 
-def table_size(store: SessionStore) -> tuple[int | None, str]:
+def table_size(table: SessionTable) -> tuple[int | None, str]:
     """Return the bytes the table takes and what that figure covers, inside a connection."""
-    database, name = store.database, store.table_name
+    database, name = table.database, table.table_name
     if isinstance(database, peewee.PostgresqlDatabase):
         row = database.execute_sql(
             "SELECT pg_total_relation_size(quote_ident(%s)::regclass)", (name,)

@@ -15,7 +15,7 @@ import peewee
 from .database import is_mysql
 from .exceptions import ConfigurationError
 from .models import check_table_name, is_mariadb, mysql_user_id_collation, mysql_user_id_type
-from .store import SessionStore
+from .table import SessionTable
 
 # -- migrations --------------------------------------------------------------------------
 # The first one is frozen: projects have applied it, so its text never changes (a test
@@ -192,21 +192,21 @@ class UserIdColumn:
         return f"{sql}, {self.online}" if online else sql
 
 
-def user_id_column(store: SessionStore) -> UserIdColumn | None:
+def user_id_column(table: SessionTable) -> UserIdColumn | None:
     """Describe the table's ``user_id`` column; ``None`` where text compares exactly anyway.
 
     PostgreSQL and SQLite compare text exactly; on MySQL/MariaDB the column's collation
     decides, and tables made by earlier versions took the server's (case-, accent- and
-    trailing-space-insensitive) default. Run it inside ``store.connected()``; ``None``
+    trailing-space-insensitive) default. Run it inside ``table.connected()``; ``None``
     too when the table does not exist.
     """
-    database = store.database
+    database = table.database
     if not is_mysql(database):
         return None
     row = database.execute_sql(
         "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
         "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = 'user_id'",
-        (store.table_name,),
+        (table.table_name,),
     ).fetchone()
     if row is None:
         return None
@@ -214,7 +214,7 @@ def user_id_column(store: SessionStore) -> UserIdColumn | None:
     # MariaDB 10.3.7 added NOCOPY: no rebuild of the table, only of the user_id index.
     nocopy = is_mariadb(database) and version >= (10, 3, 7)
     return UserIdColumn(
-        table=store.table_name,
+        table=table.table_name,
         charset=row[0],
         collation=row[1],
         wanted=mysql_user_id_collation(database),
@@ -223,7 +223,7 @@ def user_id_column(store: SessionStore) -> UserIdColumn | None:
     )
 
 
-def upgrade_user_id(store: SessionStore, column: UserIdColumn) -> None:
+def upgrade_user_id(table: SessionTable, column: UserIdColumn) -> None:
     """Make ``column`` compare exactly, online; raise :class:`UpgradeNeedsCopy` if it cannot.
 
     ``LOCK=NONE`` makes the server refuse rather than block writes, and the algorithm
@@ -232,7 +232,7 @@ def upgrade_user_id(store: SessionStore, column: UserIdColumn) -> None:
     :data:`UPGRADE_LOCK_WAIT` seconds (raising :class:`StoreUnavailable`), so that live
     queries do not queue behind the change for long.
     """
-    with store.connected() as database:
+    with table.connected() as database:
         previous = database.execute_sql("SELECT @@SESSION.lock_wait_timeout").fetchone()[0]
         database.execute_sql(f"SET SESSION lock_wait_timeout = {int(UPGRADE_LOCK_WAIT)}")
         try:

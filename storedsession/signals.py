@@ -8,7 +8,8 @@
   ``regenerate()`` with one), after it is stored, with ``user_id=`` (text) beside ``sid=``
   the session's new stored id: for "a new sign-in to your account" e-mails.
 
-The sender is the :class:`~storedsession.SessionStore`.
+The sender is the :class:`~storedsession.SessionStore`, or the
+:class:`~storedsession.SessionTable` for what a table built alone does.
 """
 
 from __future__ import annotations

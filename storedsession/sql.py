@@ -114,7 +114,7 @@ class Statements:
                 f"version = version + 1 WHERE sid = {p} AND version = {p}"
             ),
             # A new id is the same row under a new key, not a new row: see
-            # SessionWrites._regenerate_once. The guard turns a taken id into 0 rows
+            # Writer._regenerate_once. The guard turns a taken id into 0 rows
             # (a failed UPDATE would abort a PostgreSQL transaction); MySQL cannot read
             # the table it updates (error 1093), and raises a duplicate key instead.
             regenerate=(

@@ -1,17 +1,17 @@
 """The session store: load, save and delete encrypted sessions in a Peewee database.
 
-:class:`SessionStore` joins the table (its model, statements and connections), a
-:class:`~storedsession.lifetime.Lifetime` (timeouts and clock) and an envelope (the
-keys). It loads here, building a :class:`~storedsession.session.Session` from one
-:class:`~storedsession.session.Stored` value; it writes through
-:class:`~storedsession.writes.SessionWrites` and lists and revokes a user's sessions
-through :class:`~storedsession.users.UserSessions`.
+:class:`SessionStore` joins three collaborators: a :class:`~storedsession.table.SessionTable`
+(the model, statements, connections, schema, expiry and keyless deletes), a
+:class:`~storedsession.lifetime.Lifetime` (timeouts and clock) and an
+:class:`~storedsession.crypto.Envelope` (the keys). It loads here, building a
+:class:`~storedsession.session.Session` from one :class:`~storedsession.session.Stored`
+value, and decides here what a save does; a :class:`~storedsession.writes.Writer` lands
+the writes, and :mod:`storedsession.users` lists and revokes a user's sessions. What
+needs no keys it hands to the table.
 """
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -19,28 +19,21 @@ from typing import Any
 
 import peewee
 
-from . import expiry, ids, serialization, signals
+from . import devices, expiry, ids, serialization, signals, users
 from .aio import offload
-from .crypto import OVERHEAD, DecryptionFailed, Envelope, NoKeys
-from .database import Connector, is_mysql, open_database
-from .exceptions import ConfigurationError, StoreUnavailable
+from .crypto import DecryptionFailed, Envelope
+from .exceptions import ConfigurationError
 from .keys import parse_keys
 from .lifetime import Lifetime
 from .logs import log, security_log
-from .models import DEFAULT_TABLE, build_model, check_table_name
-from .session import Session, Stored
-from .sql import Statements
-from .users import UserSessions
-from .writes import SessionWrites
-
-#: How often :meth:`SessionStore.create_table` tries when other processes create at once.
-CREATE_ATTEMPTS = 5
-
-#: The ``keys=`` of a store built by :meth:`SessionStore.without_keys`.
-_WITHOUT_KEYS: Any = object()
+from .models import DEFAULT_TABLE
+from .session import DELETE, INSERT, NOTHING, REPLACE, TOUCH, Session, Stored
+from .table import DEFAULT_MAX_SIZE, SessionTable
+from .users import SessionInfo
+from .writes import Outcome, Writer
 
 
-class SessionStore(SessionWrites, UserSessions):
+class SessionStore:
     """Encrypted, database-backed sessions.
 
     ``database`` is a peewee ``Database`` or a URL that ``playhouse.db_url`` understands
@@ -62,12 +55,11 @@ class SessionStore(SessionWrites, UserSessions):
         idle_timeout: float | timedelta | None = timedelta(days=14),
         absolute_timeout: float | timedelta | None = timedelta(days=30),
         touch_interval: float | timedelta = 60,
-        max_size: int = 1024 * 1024,
+        max_size: int = DEFAULT_MAX_SIZE,
         clock: Callable[[], datetime] | None = None,
         legacy_envelopes: bool = True,
     ) -> None:
-        keyless = keys is _WITHOUT_KEYS
-        parsed_keys = () if keyless else parse_keys(keys)
+        parsed_keys = parse_keys(keys)
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 64:
             raise ConfigurationError("max_size must be a whole number of bytes, at least 64.")
         try:
@@ -75,28 +67,28 @@ class SessionStore(SessionWrites, UserSessions):
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(str(exc)) from None
         self.max_size = max_size
-        self.table_name = table_name
-        check_table_name(table_name)
-        self.database, self.owns_database = open_database(database)
-        self.model = build_model(self.database, table_name)
-        self.envelope: Envelope | NoKeys = (
-            NoKeys() if keyless else Envelope(parsed_keys, table_name, legacy=legacy_envelopes)
-        )
-        self._connection = Connector(self.database, table_name)
-        self._sql = Statements.build(self.database, table_name)
-        self._packet_checked = not is_mysql(self.database)
+        #: The :class:`SessionTable` under the store, which does all that needs no keys.
+        self.table = SessionTable(database, table_name, sender=self)
+        self.envelope = Envelope(parsed_keys, table_name, legacy=legacy_envelopes)
+        self._writer = Writer(self.table, self.envelope, self.lifetime, max_size, self)
+        # What load uses, one hop away (a load is counted in attribute hops).
+        self._connection = self.table.connector
+        self._sql = self.table.statements
 
-    @classmethod
-    def without_keys(
-        cls, database: str | peewee.Database, *, table_name: str = DEFAULT_TABLE
-    ) -> SessionStore:
-        """Return a store for the chores that never read a payload, built without keys.
+    @property
+    def database(self) -> peewee.Database:
+        """The peewee database the table is in."""
+        return self.table.database
 
-        It can create the table, expire and count sessions (what ``storedsession init``,
-        ``expire`` and ``stats`` do); loading or saving through it raises
-        :class:`ConfigurationError`.
-        """
-        return cls(database, keys=_WITHOUT_KEYS, table_name=table_name)
+    @property
+    def model(self) -> Any:
+        """The table's peewee model."""
+        return self.table.model
+
+    @property
+    def table_name(self) -> str:
+        """The table's name."""
+        return self.table.table_name
 
     # -- configuration -------------------------------------------------------------
     @property
@@ -128,41 +120,15 @@ class SessionStore(SessionWrites, UserSessions):
     def create_table(self) -> None:
         """Create the session table and its indexes if they do not exist.
 
-        Safe to call from every worker at once (gunicorn without ``--preload`` imports the
-        app in each): ``IF NOT EXISTS`` is not atomic on PostgreSQL (a duplicate key in
-        ``pg_type``) nor for MySQL's indexes (error 1061), and on SQLite the loser is told
-        the database is busy while the winner's table is not yet committed (so it looks
-        missing); the loser of that race tries again and then finds everything in place.
+        Safe to call from every worker at once (see :meth:`SessionTable.create_table
+        <storedsession.table.SessionTable.create_table>`). On MySQL/MariaDB, raises
+        :class:`ConfigurationError` when ``max_allowed_packet`` cannot carry ``max_size``.
         """
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                with self._connection():
-                    self.model.create_table(safe=True)
-                    self._check_packet()
-                return
-            except StoreUnavailable:  # TableMissing included, see above
-                if attempt == CREATE_ATTEMPTS - 1:
-                    raise
-                time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 - jitter, not a secret
+        self.table.create_table(self.max_size)
 
     def drop_table(self) -> None:
         """Drop the session table if it exists (every session ends)."""
-        with self._connection():
-            self.model.drop_table(safe=True)
-
-    def _check_packet(self) -> None:
-        if self._packet_checked:
-            return
-        row = self.database.execute_sql("SELECT @@max_allowed_packet").fetchone()
-        # A binary parameter may double in size once escaped on the wire.
-        needed = 2 * (self.max_size + OVERHEAD) + 64 * 1024
-        if row and int(row[0]) < needed:
-            raise ConfigurationError(
-                f"max_size={self.max_size} needs the MySQL/MariaDB setting "
-                f"max_allowed_packet of at least {needed} bytes; the server has {row[0]}. "
-                "Raise max_allowed_packet or lower max_size."
-            )
-        self._packet_checked = True
+        self.table.drop_table()
 
     # -- load ----------------------------------------------------------------------
     def load(self, value: str | None) -> Session:
@@ -218,24 +184,78 @@ class SessionStore(SessionWrites, UserSessions):
         )
         return Session._from_row(stored, data)
 
-    # -- delete and expire ---------------------------------------------------------
-    def _delete_handles(self, handles: Sequence[str]) -> int:
-        deleted = 0
-        for handle in handles:
-            if self.database.execute_sql(self._sql.delete, (handle,)).rowcount:
-                deleted += 1
-                if signals.session_delete.receivers:
-                    signals.session_delete.send(self, sid=handle)
-        return deleted
+    # -- save and delete -------------------------------------------------------------
+    def save(self, session: Session, client: devices.Client | None = None) -> Outcome:
+        """Write what changed in ``session``, in as few queries as possible.
+
+        A new empty session writes nothing; an unchanged one only moves "last seen" once
+        per ``touch_interval``; a changed one is one versioned ``UPDATE`` (one ``INSERT``
+        when new). Raises :class:`SessionInterrupted` when the session was deleted
+        meanwhile, and never re-creates it.
+
+        A save that signs the session in (it gets a user id, or is regenerated with one)
+        sends ``signals.session_signed_in``, and, given ``client`` (what the web adapters
+        pass: a callable returning the request's raw user agent and address, called only
+        then), records those in place of any earlier ones, encrypted with the session.
+        """
+        action, plaintext = session._plan()
+        if action is TOUCH:
+            return self._writer.touch(session)
+        if action is NOTHING:
+            return Outcome.NOTHING
+        if action is DELETE:
+            self.delete(session)
+            return Outcome.DELETED
+        assert plaintext is not None
+        writer = self._writer
+        writer.sized(plaintext)
+        signed_in = session._record_client(client)
+        if action is INSERT or action is REPLACE:
+            writer.create(session, plaintext, replace=action is REPLACE)
+        else:
+            writer.write(session, plaintext, action)
+        # The user id as stored: a merge may have taken another request's.
+        if signed_in and session.user_id is not None and signals.session_signed_in.receivers:
+            signals.session_signed_in.send(self, sid=session.handle, user_id=session.user_id)
+        return Outcome.WRITTEN
 
     def delete(self, session: Session) -> None:
         """Delete the session's row now and leave ``session`` new and empty."""
         handles = session._handles()
         if handles:
-            with self._connection():
-                self._delete_handles(handles)
+            self.table.delete(handles)
         session._deleted()
 
+    # -- a user's sessions ---------------------------------------------------------
+    def sessions_for(self, user_id: str | int) -> list[SessionInfo]:
+        """List the user's live sessions, most recently seen first.
+
+        Each row is decrypted for its device details; a row that does not open (altered,
+        moved, or its columns edited) is left out and logged, as a load would ignore it.
+        """
+        return users.sessions_for(self.table, self.envelope, self.lifetime, user_id)
+
+    def revoke(self, handle: str, user_id: str | int | None = None) -> bool:
+        """Delete one session by its handle ("sign out that device").
+
+        With ``user_id``, only if the session belongs to that user. Returns whether a
+        session was deleted. A session that ``regenerate()`` moved to a new id meanwhile
+        (the revoke waited for the move, or the handle was listed just before it) is
+        followed: the moved row names the handle it came from in its sealed metadata.
+        """
+        return users.revoke(self.table, self.envelope, handle, user_id)
+
+    def revoke_user(self, user_id: str | int, keep: Session | None = None) -> int:
+        """Delete all of the user's sessions but ``keep`` ("sign out everywhere else").
+
+        Returns how many it deleted. No session of the user survives, even one that a
+        concurrent ``regenerate()`` is moving to a new id: see
+        :meth:`SessionTable.revoke_user <storedsession.table.SessionTable.revoke_user>`,
+        which does it without keys.
+        """
+        return self.table.revoke_user(user_id, None if keep is None else keep.handle)
+
+    # -- expiry ----------------------------------------------------------------------
     def expire(
         self,
         batch_size: int = expiry.MAX_BATCH,
@@ -244,21 +264,18 @@ class SessionStore(SessionWrites, UserSessions):
         max_seconds: float | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Delete expired sessions in short batches; return how many.
+        """Delete expired sessions in short batches, by the store's clock; return how many.
 
-        Rows are chosen by their stored expiry through its index, against the time the
-        sweep began, so a session used during the sweep is never deleted. Each batch is
-        sized to take about 10 ms (2 ms on SQLite), at most ``batch_size`` rows, and the
-        next starts at once: ``max_load`` (in (0, 1]) is the share of wall time spent
-        deleting, for a sweep beside heavy traffic (below 1, batches take about 2 ms on
-        every backend: :data:`~storedsession.expiry.SHARED_BATCH_SECONDS`); after
-        ``max_seconds`` no new batch starts, and the rest waits for the next sweep. A
-        deadlock or lock wait timeout is retried. ``progress`` is called with the size of
-        each batch.
+        Safe beside live traffic; the options are :meth:`SessionTable.expire
+        <storedsession.table.SessionTable.expire>`'s.
         """
-        return self.sweep(
-            batch_size, max_load=max_load, max_seconds=max_seconds, progress=progress
-        ).removed
+        return self.table.expire(
+            batch_size,
+            max_load=max_load,
+            max_seconds=max_seconds,
+            progress=progress,
+            now=self.lifetime.now(),
+        )
 
     def sweep(
         self,
@@ -269,28 +286,17 @@ class SessionStore(SessionWrites, UserSessions):
         progress: Callable[[int], None] | None = None,
     ) -> expiry.SweepResult:
         """Like :meth:`expire`, and also tell whether it finished before ``max_seconds``."""
-        expiry.check_options(batch_size, max_load, max_seconds)
-        cutoff = self.now()
-        with self._connection():  # one connection for the sweep, not one per batch
-            result = expiry.sweep(
-                self.database,
-                self._sql,
-                cutoff,
-                batch_size=batch_size,
-                max_load=max_load,
-                max_seconds=max_seconds,
-                progress=progress,
-            )
-        if signals.sessions_expired.receivers:
-            signals.sessions_expired.send(self, count=result.removed)
-        return result
+        return self.table.sweep(
+            batch_size,
+            max_load=max_load,
+            max_seconds=max_seconds,
+            progress=progress,
+            now=self.lifetime.now(),
+        )
 
     def count_expired(self) -> int:
         """Return how many stored sessions :meth:`expire` would delete now."""
-        with self._connection():
-            return int(
-                self.database.execute_sql(self._sql.count_expired, (self.now(),)).fetchone()[0]
-            )
+        return self.table.count_expired(self.lifetime.now())
 
     # -- connections -----------------------------------------------------------------
     def connected(self) -> AbstractContextManager[peewee.Database]:
@@ -299,15 +305,14 @@ class SessionStore(SessionWrites, UserSessions):
 
     def close(self) -> None:
         """Close the database if the store built it from a URL (pools close all)."""
-        if self.owns_database:
-            close_all = getattr(self.database, "close_all", None)
-            if close_all is not None:
-                close_all()
-            if not self.database.is_closed():
-                self.database.close()
+        self.table.close()
 
     # -- async twins ---------------------------------------------------------------
     aload = offload(load)
+    asave = offload(save)
     adelete = offload(delete)
     aexpire = offload(expire)
     acreate_table = offload(create_table)
+    asessions_for = offload(sessions_for)
+    arevoke = offload(revoke)
+    arevoke_user = offload(revoke_user)

@@ -1,10 +1,11 @@
 """How a save lands: one INSERT or one versioned UPDATE, a merge when another request
 saved first, a new id at login, a throttled "last seen" otherwise.
 
-:meth:`Session._plan` decides which (an :class:`~storedsession.session.Action`); each
-statement here returns the :class:`~storedsession.session.Stored` value it left in the
-row, which the session adopts whole, and a retry that was rolled back restores the
-session's snapshot, so nothing here assigns a session's fields.
+:meth:`Session._plan` decides which (an :class:`~storedsession.session.Action`), the
+store's ``save`` dispatches on it, and the :class:`Writer` it holds runs the statements:
+each returns the :class:`~storedsession.session.Stored` value it left in the row, which
+the session adopts whole, and a retry that was rolled back restores the session's
+snapshot, so nothing here assigns a session's fields.
 
 Every statement that writes ``user_id``, ``idle_timeout`` or a new row writes a payload
 sealed to those very values (and to the creation time) beside them; the "last seen" touch
@@ -18,16 +19,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from . import devices, ids, serialization, signals
-from .aio import offload
+from . import ids, serialization, signals
 from .crypto import DecryptionFailed, KeyNotConfigured
-from .database import describe, is_sqlite, is_write_conflict
+from .database import describe, is_write_conflict
 from .exceptions import (
     SessionConflict,
     SessionInterrupted,
@@ -36,32 +35,18 @@ from .exceptions import (
     UnknownKey,
 )
 from .logs import security_log
-from .session import (
-    DELETE,
-    INSERT,
-    METADATA,
-    NOTHING,
-    REGENERATE,
-    REPLACE,
-    TOUCH,
-    Action,
-    Session,
-    Stored,
-)
+from .session import METADATA, REGENERATE, Action, Session, Stored
+from .table import MAX_CONFLICT_RETRIES, SessionTable
 
 if TYPE_CHECKING:
-    from .crypto import Envelope, NoKeys
-    from .database import Connector
+    from .crypto import Envelope
     from .lifetime import Lifetime
-    from .sql import Statements
 
 
 #: The metadata key in which a row moved by ``regenerate()`` names the handle it left, so
-#: that a ``revoke`` of that handle still finds the session (see ``UserSessions.revoke``).
+#: that a ``revoke`` of that handle still finds the session (see :func:`.users.revoke`).
 MOVED_FROM = "moved_from"
 
-#: How often a save re-reads and re-applies its changes after losing a race.
-MAX_CONFLICT_RETRIES = 16
 #: Seconds after which a save stops retrying a write conflict the database reported.
 MAX_CONFLICT_SECONDS = 10.0
 #: How often a freshly drawn id is redrawn when it is taken (never, in practice).
@@ -88,76 +73,45 @@ def _unsettled(cause: BaseException | None = None) -> SessionConflict:
     )
 
 
-class SessionWrites:
-    """The writing half of :class:`~storedsession.SessionStore`."""
+class Writer:
+    """How a :class:`~storedsession.SessionStore`'s saves land on its table.
 
-    if TYPE_CHECKING:
-        database: peewee.Database
-        envelope: Envelope | NoKeys
-        max_size: int
-        lifetime: Lifetime
-        _connection: Connector
-        _sql: Statements
+    Holds what each statement uses (the database, the connector, the statements, the
+    envelope, the lifetime) as its own attributes, set once: a save is counted in
+    attribute hops. ``sender`` is what its signals name as their sender.
+    """
 
-        def _check_packet(self) -> None: ...
-        def _delete_handles(self, handles: Sequence[str]) -> int: ...
-        def delete(self, session: Session) -> None: ...
+    def __init__(
+        self,
+        table: SessionTable,
+        envelope: Envelope,
+        lifetime: Lifetime,
+        max_size: int,
+        sender: object,
+    ) -> None:
+        self.table = table
+        self.database = table.database
+        self.envelope = envelope
+        self.lifetime = lifetime
+        self.max_size = max_size
+        self.sender = sender
+        self._connection = table.connector
+        self._sql = table.statements
+        self._check_packet = table.check_packet
 
-    def _sized(self, plaintext: bytes) -> bytes:
+    def sized(self, plaintext: bytes) -> bytes:
+        """Return ``plaintext``, or raise :class:`SessionTooLarge` if over ``max_size``."""
         if len(plaintext) > self.max_size:
             raise SessionTooLarge(len(plaintext), self.max_size)
         return plaintext
 
-    def save(self, session: Session, client: devices.Client | None = None) -> Outcome:
-        """Write what changed in ``session``, in as few queries as possible.
-
-        A new empty session writes nothing; an unchanged one only moves "last seen" once
-        per ``touch_interval``; a changed one is one versioned ``UPDATE`` (one ``INSERT``
-        when new). Raises :class:`SessionInterrupted` when the session was deleted
-        meanwhile, and never re-creates it.
-
-        A save that signs the session in (it gets a user id, or is regenerated with one)
-        sends ``signals.session_signed_in``, and, given ``client`` (what the web adapters
-        pass: a callable returning the request's raw user agent and address, called only
-        then), records those in place of any earlier ones, encrypted with the session.
-        """
-        action, plaintext = session._plan()
-        if action is TOUCH:
-            return self._touch(session)
-        if action is NOTHING:
-            return Outcome.NOTHING
-        if action is DELETE:
-            self.delete(session)
-            return Outcome.DELETED
-        assert plaintext is not None
-        self._sized(plaintext)
-        signed_in = session._record_client(client)
-        if action is INSERT or action is REPLACE:
-            self._create(session, plaintext, replace=action is REPLACE)
-        else:
-            self._write(session, plaintext, action)
-        if signed_in:
-            self._signed_in(session)
-        return Outcome.WRITTEN
-
-    def _signed_in(self, session: Session) -> None:
-        # The user id as stored: a merge may have taken another request's.
-        if session.user_id is not None and signals.session_signed_in.receivers:
-            signals.session_signed_in.send(self, sid=session.handle, user_id=session.user_id)
-
-    def _transaction(self) -> Any:
-        if is_sqlite(self.database):
-            # Take the write lock up front, so the busy timeout applies to it.
-            return self.database.atomic("IMMEDIATE")
-        return self.database.atomic()
-
-    def _create(self, session: Session, plaintext: bytes, replace: bool) -> None:
+    def create(self, session: Session, plaintext: bytes, replace: bool) -> None:
         """Insert a new session; with ``replace``, delete the rows it was invalidated from."""
         with self._connection():
-            self._check_packet()
+            self._check_packet(self.max_size)
             if replace:
-                with self._transaction():
-                    self._delete_handles(session._handles())
+                with self.table.transaction():
+                    self.table.delete(session._handles())
                     stored = self._insert(session, plaintext)
             else:
                 stored = self._insert(session, plaintext)
@@ -185,7 +139,7 @@ class SessionWrites:
         else:
             raise StoreUnavailable("Could not draw an unused session id; try again.")
         if signals.session_write.receivers:
-            signals.session_write.send(self, sid=handle)
+            signals.session_write.send(self.sender, sid=handle)
         return Stored(public_id, handle, user_id, now, now, expires, idle, 1, plaintext, meta)
 
     def _attempt(self, session: Session, plaintext: bytes, action: Action) -> Stored:
@@ -193,7 +147,7 @@ class SessionWrites:
             return self._regenerate_once(session, plaintext)
         return self._update_once(session, plaintext, columns=action is METADATA)
 
-    def _write(self, session: Session, plaintext: bytes, action: Action) -> None:
+    def write(self, session: Session, plaintext: bytes, action: Action) -> None:
         """Write as ``action`` says; after losing a race, re-read, re-apply and try again.
 
         A race is lost when a versioned statement matches no row (another request saved
@@ -204,7 +158,7 @@ class SessionWrites:
         that was rolled back for one that landed.
         """
         with self._connection():
-            self._check_packet()
+            self._check_packet(self.max_size)
             kept = None
             started = time.monotonic()
             try:
@@ -220,7 +174,7 @@ class SessionWrites:
                         # (optimistic retries alone starve a request when several write
                         # the same session at once). Galera's lock is the node's own:
                         # another node's write shows as a write conflict.
-                        with self._transaction():
+                        with self.table.transaction():
                             plaintext = self._merge_latest(session, lock=True)
                             stored = self._attempt(session, plaintext, action)
                         session._settle(stored)  # committed
@@ -264,7 +218,7 @@ class SessionWrites:
         if self.database.execute_sql(sql, params).rowcount != 1:
             raise _Conflict
         if signals.session_write.receivers:
-            signals.session_write.send(self, sid=stored.handle)
+            signals.session_write.send(self.sender, sid=stored.handle)
         # Built whole rather than with _replace(), which costs a few µs more per write.
         return Stored(
             stored.public_id,
@@ -320,9 +274,9 @@ class SessionWrites:
             # drawn id is taken: re-read under a lock and retry with a new draw.
             raise _Conflict
         if signals.session_write.receivers:
-            signals.session_write.send(self, sid=handle)
+            signals.session_write.send(self.sender, sid=handle)
         if signals.session_delete.receivers:
-            signals.session_delete.send(self, sid=old_handle)
+            signals.session_delete.send(self.sender, sid=old_handle)
         return Stored(public_id, handle, user_id, created, now, expires, idle, 1, plaintext, meta)
 
     def _merge_latest(self, session: Session, lock: bool = False) -> bytes:
@@ -368,9 +322,10 @@ class SessionWrites:
             plaintext=plaintext,
             meta=meta,
         )
-        return self._sized(session._rebase(latest, theirs))
+        return self.sized(session._rebase(latest, theirs))
 
-    def _touch(self, session: Session) -> Outcome:
+    def touch(self, session: Session) -> Outcome:
+        """Move \"last seen\" if ``touch_interval`` has passed since the last move."""
         stored = session._stored
         assert stored is not None
         now = self.lifetime.seen_now(stored.created)
@@ -394,5 +349,3 @@ class SessionWrites:
             )
         )
         return Outcome.TOUCHED
-
-    asave = offload(save)

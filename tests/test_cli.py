@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 from playhouse import migrations
 
-from storedsession import Session, SessionStore, __version__, generate_key
+from storedsession import Session, SessionStore, SessionTable, __version__, generate_key
 from storedsession.cli import cli
 from storedsession.keys import parse_keys
 from storedsession.maintenance import RowOutcome, StoredRow, rotate_keys, rotate_row
@@ -130,9 +130,9 @@ def drop_after(database_url: str, table_name: str) -> Iterator[Callable[[str], N
     tables = [table_name]
     yield tables.append
     for name in tables:
-        store = SessionStore.without_keys(database_url, table_name=name)
-        store.drop_table()
-        store.close()
+        table = SessionTable(database_url, name)
+        table.drop_table()
+        table.close()
 
 
 @pytest.fixture
@@ -163,7 +163,7 @@ def test_init_indexes_each_table_beside_another(db, database_url, table_name, dr
     drop_after(other)
     assert_ok(invoke("init", *db))
     assert_ok(invoke("init", "--database", database_url, "--table", other))
-    database = SessionStore.without_keys(database_url).database
+    database = SessionTable(database_url).database
     for name in (table_name, other):
         indexed = {tuple(index.columns) for index in database.get_indexes(name)}
         assert {("expires_at",), ("user_id",)} <= indexed, name

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from storedsession import SessionConflict, SessionInterrupted, SessionStore, StoreUnavailable
-from storedsession import users as users_module
+from storedsession import table as table_module
 from storedsession import writes as writes_module
 
 from .support import backend_url, fetch_rows, stored
@@ -229,7 +229,7 @@ def test_a_revoke_locked_out_past_every_retry_raises_session_conflict(
 ) -> None:
     """MariaDB: each try meets a real lock wait timeout (1205) until the retries run out
     (the same for a save: tests/test_galera.py, on the plain server)."""
-    monkeypatch.setattr(users_module, "MAX_CONFLICT_RETRIES", 1)
+    monkeypatch.setattr(table_module, "MAX_CONFLICT_RETRIES", 1)
     url = backend_url("mysql", tmp_path)
     # One second of lock wait per try instead of the server's 50.
     store = SessionStore(

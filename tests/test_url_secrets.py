@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner, Result
 
-from storedsession import ConfigurationError, SessionStore, StoreUnavailable, ids
+from storedsession import ConfigurationError, SessionStore, SessionTable, StoreUnavailable, ids
 from storedsession.cli import cli
 from storedsession.database import redact
 
@@ -143,6 +143,6 @@ def test_stats_shows_the_url_without_its_query_secrets(tmp_path, table_name) -> 
         assert "CANARY" not in result.output
         assert "?password=***&sslpassword=***" in result.stdout
     finally:
-        store = SessionStore.without_keys(url, table_name=table)
-        store.drop_table()
-        store.close()
+        session_table = SessionTable(url, table)
+        session_table.drop_table()
+        session_table.close()

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 from playhouse import db_url
 
-from storedsession import Session, SessionStore, StoreUnavailable, schema
+from storedsession import Session, SessionStore, SessionTable, StoreUnavailable, schema
 from storedsession.cli import cli
 from storedsession.schema import migration_source
 
@@ -272,9 +272,9 @@ def test_init_upgrade_creates_or_leaves_a_current_table(database_url, table_name
         assert current.stdout.startswith(f"The session table {table_name!r} exists already.\n")
         assert "nothing to upgrade" in current.stdout
     finally:
-        store = SessionStore.without_keys(database_url, table_name=table_name)
-        store.drop_table()
-        store.close()
+        table = SessionTable(database_url, table_name)
+        table.drop_table()
+        table.close()
 
 
 def test_collation_for_each_server_version() -> None:
