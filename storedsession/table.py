@@ -191,7 +191,7 @@ class SessionTable:
         deleted = 0
         with self.connector():
             for handle in handles:
-                if self.database.execute_sql(self.statements.delete, (handle,)).rowcount:
+                if self.connector.execute(self.statements.delete, (handle,)).rowcount:
                     deleted += 1
                     if signals.session_delete.receivers:
                         signals.session_delete.send(self.sender, sid=handle)
@@ -262,7 +262,7 @@ class SessionTable:
                     chosen = choose([row for row in rows if row[position] == owner])
                     # Locked: each of these deletes its row (SQLite: no one else writes).
                     for handle in chosen:
-                        self.database.execute_sql(self.statements.delete, (handle,))
+                        self.connector.execute(self.statements.delete, (handle,))
                 return chosen
             except Exception as exc:
                 # The server rolled it back (MariaDB's deadlock with a concurrent move, a

@@ -76,9 +76,8 @@ def _unsettled(cause: BaseException | None = None) -> SessionConflict:
 class Writer:
     """How a :class:`~storedsession.SessionStore`'s saves land on its table.
 
-    Holds what each statement uses (the database, the connector, the statements, the
-    envelope, the lifetime) as its own attributes, set once: a save is counted in
-    attribute hops. ``sender`` is what its signals name as their sender.
+    Holds what each statement uses (the connector, the statements, the envelope, the
+    lifetime) as its own attributes, set once: a save is counted in attribute hops. ``sender`` is what its signals name as their sender.
     """
 
     def __init__(
@@ -90,7 +89,6 @@ class Writer:
         sender: object,
     ) -> None:
         self.table = table
-        self.database = table.database
         self.envelope = envelope
         self.lifetime = lifetime
         self.max_size = max_size
@@ -128,7 +126,7 @@ class Writer:
             sealed = self.envelope.seal(plaintext, handle, user_id, now, idle, meta)
             params = (handle, sealed, user_id, now, now, expires, idle)
             try:
-                cursor = self.database.execute_sql(self._sql.insert, params)
+                cursor = self._connection.execute(self._sql.insert, params)
             except peewee.IntegrityError:
                 if self._sql.insert_ignores_conflict:
                     raise
@@ -215,7 +213,7 @@ class Writer:
         else:
             sql = self._sql.update_data
             params = (sealed, now, expires, stored.handle, stored.version)
-        if self.database.execute_sql(sql, params).rowcount != 1:
+        if self._connection.execute(sql, params).rowcount != 1:
             raise _Conflict
         if signals.session_write.receivers:
             signals.session_write.send(self.sender, sid=stored.handle)
@@ -266,7 +264,7 @@ class Writer:
         if self._sql.insert_ignores_conflict:  # these dialects also guard the move in SQL
             params += (handle,)
         try:
-            moved = self.database.execute_sql(self._sql.regenerate, params).rowcount == 1
+            moved = self._connection.execute(self._sql.regenerate, params).rowcount == 1
         except peewee.IntegrityError:
             moved = False  # MySQL: the drawn id is taken (only this statement failed)
         if not moved:
@@ -289,7 +287,7 @@ class Writer:
         assert stored is not None
         handle = stored.handle
         sql = self._sql.select_for_update if lock else self._sql.select
-        row = self.database.execute_sql(sql, (handle,)).fetchone()
+        row = self._connection.execute(sql, (handle,)).fetchone()
         if row is None:
             security_log.warning(
                 "Blocked a save that would have resurrected a session deleted while a "
