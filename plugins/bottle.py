@@ -79,19 +79,20 @@ class StoredSessionPlugin:
         if route.config.get("storedsession", True) is False:
             return callback
         keyword = self.keyword if _takes(route.callback, self.keyword) else None
-        begin = self.core.begin
+        core = self.core
 
         @functools.wraps(callback)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             environ = bottle.request.environ
-            request = begin(
+            request = RequestSession(
+                core,
                 environ.get("HTTP_COOKIE"),
                 environ.get("wsgi.url_scheme") == "https",
                 request=bottle.request,
             )
-            environ[ENVIRON_KEY] = request.session
+            environ[ENVIRON_KEY] = session = request.session
             if keyword:
-                kwargs[keyword] = request.session
+                kwargs[keyword] = session
             try:
                 out = callback(*args, **kwargs)
             except bottle.HTTPResponse as response:  # raised or aborted: it replaces headers
@@ -123,8 +124,12 @@ def _finish(request: RequestSession, response: bottle.BaseResponse) -> None:
         finish = request.finish(response.status_code)
     except StoreUnavailable as exc:
         raise _unavailable() from exc
-    if finish.vary:
+    if not finish.vary:
+        return  # nothing asked: a finish without Vary asks for nothing (see Finish)
+    if "Vary" in response:
         _merge(response, "Vary", add_vary)
+    else:
+        response.set_header("Vary", "Cookie")
     if finish.cookie is not None:
         response.add_header("Set-Cookie", finish.cookie)
     if finish.private:

@@ -22,8 +22,6 @@ from storedsession.web import (
 if TYPE_CHECKING:
     import falcon.asgi
 
-_STATE = "_storedsession"  # the request's RequestSession, on req.context
-
 
 class StoredSessionMiddleware:
     """Give Falcon responders an encrypted, database-backed session.
@@ -49,18 +47,12 @@ class StoredSessionMiddleware:
         )
         self.store = self.core.store
 
-    def _begin(
-        self, req: falcon.Request, cookie_header: str | None, *, hold_connection: bool
-    ) -> RequestSession:
-        request = self.core.begin(
-            cookie_header, req.scheme == "https", hold_connection=hold_connection, request=req
-        )
-        setattr(req.context, _STATE, request)
-        return request
-
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Put the request's session on ``req.context.session``, to load on first use."""
-        request = self._begin(req, req.get_header("Cookie"), hold_connection=True)
+        request = RequestSession(
+            self.core, req.get_header("Cookie"), req.scheme == "https", request=req
+        )
+        req.context._storedsession = request
         req.context.session = request.session
 
     async def process_request_async(
@@ -69,7 +61,10 @@ class StoredSessionMiddleware:
         """Put the session on ``req.context.session``, loaded off the event loop."""
         # Falcon keeps only the last of several Cookie fields; the scope has them all.
         cookie_header = scope_cookie_header(req.scope.get("headers"), req.get_header)
-        request = self._begin(req, cookie_header, hold_connection=False)
+        request = RequestSession(
+            self.core, cookie_header, req.scheme == "https", hold_connection=False, request=req
+        )
+        req.context._storedsession = request
         await request.preload()
         req.context.session = request.session
 
@@ -83,7 +78,8 @@ class StoredSessionMiddleware:
                 finish = request.finish(resp.status_code)
             except StoreUnavailable as exc:
                 raise falcon.HTTPServiceUnavailable() from exc
-            _apply(resp, finish)
+            if finish.vary:
+                _apply(resp, finish)
 
     async def process_response_async(
         self,
@@ -99,7 +95,8 @@ class StoredSessionMiddleware:
                 finish = await request.finish_async(resp.status_code)
             except StoreUnavailable as exc:
                 raise falcon.HTTPServiceUnavailable() from exc
-            _apply(resp, finish)
+            if finish.vary:
+                _apply(resp, finish)
 
 
 def _user_agent(req: falcon.Request) -> str | None:
@@ -113,7 +110,8 @@ def _address(req: falcon.Request) -> str | None:
 
 def _taken(req: falcon.Request, resource: object) -> RequestSession | None:
     """Return the request's session state unless there is none or the resource opted out."""
-    request: RequestSession | None = getattr(req.context, _STATE, None)
+    # None when process_request did not run (another middleware's process_request raised).
+    request: RequestSession | None = getattr(req.context, "_storedsession", None)
     if request is not None and getattr(resource, "storedsession", True) is False:
         request.close()
         return None
@@ -121,9 +119,10 @@ def _taken(req: falcon.Request, resource: object) -> RequestSession | None:
 
 
 def _apply(resp: falcon.Response, finish: Finish) -> None:
+    # Only for a finish that varies: one that does not asks for nothing (see Finish).
     # Falcon keeps one line per name, joined with ", ", so get_header sees them all.
-    if finish.vary:
-        resp.set_header("Vary", add_vary(resp.get_header("Vary")))
+    vary = resp.get_header("Vary")
+    resp.set_header("Vary", "Cookie" if vary is None else add_vary(vary))
     if finish.cookie is not None:
         # Raw, so the deletion cookie keeps Secure (unset_cookie drops it); appended
         # Set-Cookie lines are kept apart from each other and from the app's cookies.
