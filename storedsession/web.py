@@ -32,7 +32,6 @@ import peewee
 from . import ids
 from .exceptions import ConfigurationError, SessionInterrupted, StoreUnavailable
 from .logs import log
-from .pools import SqliteKept
 from .session import NOTHING, Session
 from .store import SessionStore
 from .writes import Outcome
@@ -502,10 +501,9 @@ class SessionMiddlewareCore:
         else:
             self.store = store_or_database
         #: Whether a request holds its connection from the load to the save. Not on the
-        #: store's own SQLite database, which keeps one open per thread (the connector
-        #: never closes it: ``Connector.keep_open``), so holding it would change nothing
-        #: and cost a read 8 calls.
-        self.holds = not isinstance(self.store.database, SqliteKept)
+        #: store's own SQLite database, which keeps one open per thread (its connector
+        #: never closes it), so holding it would change nothing and cost a read 8 calls.
+        self.holds = not self.store.table.connector.keep_open
 
     def begin(
         self,
