@@ -10,7 +10,8 @@ as many, and prints instructions per operation:
 
 - ``floor read`` / ``floor write``: ``bench/floor.py`` over its own raw connection;
 - ``row, raw``: the store's own read done by hand as the floor does its own, over a raw
-  connection of the same kind: hash the id, the store's SELECT of its seven columns,
+  connection of the same kind: hash the id, the store's SELECT of its seven columns (on
+  MySQL five of them packed in one, as the store reads them),
   ``envelope.open`` (format 2 binds four of them) and the JSON parse. What it adds to
   ``floor read`` is the richer row; what ``read, held`` adds to it is the library's code;
 - ``read`` / ``write``: the README's default path, a store built from a plain URL and
@@ -112,12 +113,13 @@ def child(backend: str, ops: int, tmp: str) -> None:
 
         raw, _ = floor_module.connect(url)
         raw_cursor = raw.cursor()
-        select, envelope = store._sql.select, store.envelope
+        select, unpack, envelope = store._sql.select, store._sql.unpack, store.envelope
 
         def row_raw() -> None:
             handle = hashlib.sha256(next_id().encode()).hexdigest()
             raw_cursor.execute(select, (handle,))
-            payload, user_id, created, _, _, idle, _ = raw_cursor.fetchone()
+            row = raw_cursor.fetchone()
+            payload, user_id, created, _, _, idle, _ = row if unpack is None else unpack(row)
             _, plaintext = envelope.open(bytes(payload), handle, user_id, created, idle)
             assert serialization.loads(plaintext)["user_id"] == 1234
 

@@ -153,7 +153,10 @@ class SessionStore:
         if row is None:
             security_log.info("Ignored an unknown session id.")
             return Session()
-        payload, user_id, created, last_seen, expires, idle, version = row
+        unpack = self._sql.unpack
+        payload, user_id, created, last_seen, expires, idle, version = (
+            row if unpack is None else unpack(row)
+        )
         lifetime = self.lifetime
         now = lifetime.now()
         try:

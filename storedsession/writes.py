@@ -77,7 +77,8 @@ class Writer:
     """How a :class:`~storedsession.SessionStore`'s saves land on its table.
 
     Holds what each statement uses (the connector, the statements, the envelope, the
-    lifetime) as its own attributes, set once: a save is counted in attribute hops. ``sender`` is what its signals name as their sender.
+    lifetime) as its own attributes, set once: a save is counted in attribute hops.
+    ``sender`` is what its signals name as their sender.
     """
 
     def __init__(
@@ -294,7 +295,10 @@ class Writer:
                 "request used it."
             )
             raise SessionInterrupted()
-        payload, user_id, created, last_seen, expires, idle, version = row
+        unpack = self._sql.unpack
+        payload, user_id, created, last_seen, expires, idle, version = (
+            row if unpack is None else unpack(row)
+        )
         try:
             meta, plaintext = self.envelope.open(bytes(payload), handle, user_id, created, idle)
             theirs = serialization.loads(plaintext)

@@ -371,3 +371,32 @@ def test_ciphertext_copied_to_another_table_with_the_same_keys_reads_empty(
         assert len(second.load(session.id)) == 0
     assert any("decrypt" in r.getMessage() for r in caplog.records)
     assert first.load(session.id)["who"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("idle_timeout", "absolute_timeout", "own_idle"),
+    [(None, None, None), (600, None, 0), (None, 3600, 300), (600, 3600, None)],
+    ids=["no-expiry", "browser-cookie", "own-idle", "both-limits"],
+)
+def test_every_column_reads_back_as_written(
+    make_store, idle_timeout, absolute_timeout, own_idle
+) -> None:
+    # NULL expiry and idle timeout included: MySQL reads five of the columns packed in
+    # one text column, which must give back None, 0 and every integer as they were.
+    store = make_store(idle_timeout=idle_timeout, absolute_timeout=absolute_timeout)
+    session = store.load(None)
+    session["a"] = 1
+    session.user_id = "bob"
+    if own_idle is not None:
+        session.set_expiry(own_idle)
+    store.save(session)
+    assert store.load(session.id)._stored == session._stored
+    # A save that lost a race re-reads the row (under a lock) and merges onto it.
+    mine, theirs = store.load(session.id), store.load(session.id)
+    theirs["b"] = 2
+    store.save(theirs)
+    mine["c"] = 3
+    store.save(mine)
+    latest = store.load(session.id)
+    assert dict(latest) == {"a": 1, "b": 2, "c": 3}
+    assert latest._stored == mine._stored and latest.idle_timeout == session.idle_timeout
