@@ -64,16 +64,19 @@ class _ForkSafe:
         self._lock = threading.Lock()
         self._generation = forks.generation()
 
-    def _check_fork(self) -> None:
+    def _check_fork(self) -> bool:
+        """Forget what a forked child inherited; return whether it did."""
         # A fork that bypasses os.fork's hooks (uWSGI's prefork) shows only here.
         if self._generation != forks.generation():
             self._forget_inherited()
+            return True
+        return False
 
     def is_closed(self) -> bool:
-        if self._state.closed:
-            return True  # nothing inherited to forget: connect() checks for a fork
-        self._check_fork()  # on every use of an open one: asked before each statement
-        return bool(self._state.closed)
+        # Closed: nothing inherited to forget (connect() checks for a fork). Open: asked
+        # before each statement, so a child's first use forgets the parent's connection,
+        # which leaves this one closed.
+        return bool(self._state.closed) or self._check_fork()
 
     def connect(self, reuse_if_open: bool = False) -> bool:
         self._check_fork()
