@@ -88,7 +88,8 @@ class StoredSessionMiddleware:
         resource: object,
         req_succeeded: bool,
     ) -> None:
-        """Save the session in a worker thread and add its cookie and ``Vary``."""
+        """Save the session (in a worker thread where the save writes) and add its cookie
+        and ``Vary``."""
         request = _taken(req, resource)
         if request is not None:
             try:

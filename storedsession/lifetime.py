@@ -114,6 +114,13 @@ class Lifetime:
         """
         return max(self.now(), created)
 
+    def touch_due(self, created: int, last_seen: int) -> int | None:
+        """Return the last-seen time a touch writes now, or ``None`` while the touch
+        interval since ``last_seen`` has not passed (the touch is not due).
+        """
+        seen = self.seen_now(created)
+        return None if seen - last_seen < self.touch else seen
+
     def cookie_max_age(self, expires: int | None, session_idle: int | None) -> int | None:
         """Return the seconds a cookie should live, or ``None`` for a browser session."""
         if expires is None or session_idle == 0:

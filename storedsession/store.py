@@ -27,10 +27,10 @@ from .keys import parse_keys
 from .lifetime import Lifetime
 from .logs import log, security_log
 from .models import DEFAULT_TABLE
-from .session import DELETE, INSERT, NOTHING, REPLACE, TOUCH, Session, Stored
+from .session import DELETE, INSERT, NOTHING, REPLACE, TOUCH, Plan, Session, Stored
 from .table import DEFAULT_MAX_SIZE, SessionTable
 from .users import SessionInfo
-from .writes import Outcome, Writer
+from .writes import DELETED, NOTHING_DONE, WRITTEN, Outcome, Writer
 
 
 class SessionStore:
@@ -201,14 +201,23 @@ class SessionStore:
         pass: a callable returning the request's raw user agent and address, called only
         then), records those in place of any earlier ones, encrypted with the session.
         """
-        action, plaintext = session._plan()
+        return self._save(session, session._plan(), client)
+
+    def _save(self, session: Session, plan: Plan, client: devices.Client | None) -> Outcome:
+        """Save ``session`` as ``plan`` says: its ``_plan()``, made once by the caller (the
+        web layer makes it to choose the thread), or ``(NOTHING, None)`` where
+        :meth:`_writes_nothing` found that the save runs no statement."""
+        action, plaintext = plan
         if action is TOUCH:
-            return self._writer.touch(session)
+            stored = session._stored
+            assert stored is not None
+            seen = self.lifetime.touch_due(stored.created, stored.last_seen)
+            return NOTHING_DONE if seen is None else self._writer.touch(session, seen)
         if action is NOTHING:
-            return Outcome.NOTHING
+            return NOTHING_DONE
         if action is DELETE:
             self.delete(session)
-            return Outcome.DELETED
+            return DELETED
         assert plaintext is not None
         writer = self._writer
         writer.sized(plaintext)
@@ -220,7 +229,19 @@ class SessionStore:
         # The user id as stored: a merge may have taken another request's.
         if signed_in and session.user_id is not None and signals.session_signed_in.receivers:
             signals.session_signed_in.send(self, sid=session.handle, user_id=session.user_id)
-        return Outcome.WRITTEN
+        return WRITTEN
+
+    def _writes_nothing(self, session: Session, plan: Plan) -> bool:
+        """Tell whether saving ``session`` as ``plan`` would run no statement: nothing to
+        write, or an unchanged session whose touch is not due."""
+        action = plan[0]
+        if action is NOTHING:
+            return True
+        if action is not TOUCH:
+            return False
+        stored = session._stored
+        assert stored is not None
+        return self.lifetime.touch_due(stored.created, stored.last_seen) is None
 
     def delete(self, session: Session) -> None:
         """Delete the session's row now and leave ``session`` new and empty."""

@@ -32,9 +32,9 @@ import peewee
 from . import ids
 from .exceptions import ConfigurationError, SessionInterrupted, StoreUnavailable
 from .logs import log
-from .session import NOTHING, Session
+from .session import NOTHING, Plan, Session
 from .store import SessionStore
-from .writes import Outcome
+from .writes import TOUCHED, WRITTEN
 
 #: Where an adapter puts the session for code that does not take the keyword.
 ENVIRON_KEY = "storedsession.session"
@@ -245,9 +245,10 @@ class Finish:
 # The answers without a cookie, built once: most requests get one of them.
 _UNUSED = Finish()
 _VARY_ONLY = Finish(vary=True)
-# Compared by identity: Outcome.WRITTEN is a descriptor lookup (0.25 µs each, measured
-# on Python 3.11), on every save.
-_WRITTEN, _TOUCHED = Outcome.WRITTEN, Outcome.TOUCHED
+#: The plan of a save that runs no statement, for one :meth:`SessionStore._writes_nothing`
+#: found so: the touch is then not tested twice (a clock that crossed the interval
+#: between the two would run the touch on the event loop).
+_WRITES_NOTHING: Plan = (NOTHING, None)
 
 
 class RequestSession:
@@ -332,11 +333,12 @@ class RequestSession:
             else:
                 self.accessed = True
 
-    def finish(self, status: int) -> Finish:
+    def finish(self, status: int, plan: Plan | None = None) -> Finish:
         """Save the session if the response allows it; return what to add to the response.
 
         Asks nothing of a response whose request never used the session. Raises
         ``StoreUnavailable`` when loading or saving failed: answer 503 and apply nothing.
+        ``plan`` is the session's ``_plan()`` when the caller made it already.
         """
         try:
             if self.failed:
@@ -348,12 +350,14 @@ class RequestSession:
             session = self.session
             core = self.core
             try:
-                outcome = core.store.save(
-                    session, self.client if core.records and self.request is not None else None
+                outcome = core.store._save(
+                    session,
+                    session._plan() if plan is None else plan,
+                    self.client if core.records and self.request is not None else None,
                 )
             except SessionInterrupted:  # the store logged the blocked resurrection
                 return _VARY_ONLY
-            if outcome is _WRITTEN or outcome is _TOUCHED:
+            if outcome is WRITTEN or outcome is TOUCHED:
                 assert session.id is not None
                 max_age = core.store.cookie_max_age(session)
                 line = core.cookie.header(session.id, max_age, self.https)
@@ -375,19 +379,24 @@ class RequestSession:
         return self.core.client(self.request)
 
     async def finish_async(self, status: int) -> Finish:
-        """Run :meth:`finish`, in a worker thread unless it cannot query."""
-        session = self.session
-        # Where finish cannot query, a thread would cost 169 calls for nothing. A new
-        # session without data has its plan made without serializing anything (NOTHING,
-        # or DELETE for the rows of an invalidated one).
-        if self._held is None and (
-            not self.accessed
-            or self.failed
-            or status >= 500
-            or (session.new and not session and session._plan()[0] is NOTHING)
-        ):
+        """Run :meth:`finish`, in a worker thread unless it provably runs no statement."""
+        # Where finish cannot query, a thread would cost 169 calls for nothing: nothing
+        # loaded, a failed load, a 5xx, or a plan that writes nothing (a new session
+        # without data, or a read inside the touch interval). The plan is made here,
+        # serializing a changed session at most once, and handed on to the save.
+        if self._held is not None:
+            return await asyncio.to_thread(self.finish, status)
+        if not self.accessed or self.failed or status >= 500:
             return self.finish(status)
-        return await asyncio.to_thread(self.finish, status)
+        session = self.session
+        try:
+            plan = session._plan()
+        except BaseException:  # not serializable: raised as finish would, without the request
+            self.request = None
+            raise
+        if self.core.store._writes_nothing(session, plan):
+            return self.finish(status, _WRITES_NOTHING)
+        return await asyncio.to_thread(self.finish, status, plan)
 
     def close(self) -> None:
         """Return the request's connection, if it holds one."""

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: backends, a clock, a query counter, rows as stored.
+"""Helpers shared by the tests: backends, a clock, a query counter, rows as stored, a
+count of a function's calls and of the jobs a loop gives its threads.
 
 Fixtures live in conftest.py, which imports from here (never the reverse); test modules
 import helpers from here, never from conftest.py or from one another.
@@ -7,8 +8,13 @@ import helpers from here, never from conftest.py or from one another.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee
 import pytest
@@ -74,6 +80,44 @@ class FakeClock:
 
     def advance(self, seconds: float = 0, **kwargs: float) -> None:
         self.now += timedelta(seconds=seconds, **kwargs)
+
+
+T = TypeVar("T")
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A thread pool that counts the jobs it is given: as an event loop's default
+    executor, how often a request went to a worker thread (``asyncio.to_thread``)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.jobs = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@contextmanager
+def calls_of(function: Callable[..., Any]) -> Iterator[list[int]]:
+    """Record the thread of each call of ``function`` in this thread and in the threads
+    started meanwhile (a worker pool's): a profile hook sees every call of its code,
+    however the caller refers to it, and changes nothing it calls."""
+    code = function.__code__  # type: ignore[attr-defined]
+    threads: list[int] = []
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is code:
+            threads.append(threading.get_ident())
+
+    before, before_threads = sys.getprofile(), threading.getprofile()
+    sys.setprofile(hook)
+    threading.setprofile(hook)
+    try:
+        yield threads
+    finally:
+        sys.setprofile(before)
+        threading.setprofile(before_threads)  # type: ignore[arg-type]
 
 
 class QueryCounter:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from storedsession import ConfigurationError, SessionStore, StoreUnavailable
+from storedsession import ConfigurationError, SessionStore, StoreUnavailable, serialization
 
 from .fronts import Web, count, read, untouched
-from .support import connection_given_back, fetch_rows
+from .support import calls_of, connection_given_back, fetch_rows
 from .wire import CACHE_CONTROL, HOSTILE, SlowRequest
 
 # -- the scenarios ----------------------------------------------------------------------
@@ -56,6 +56,18 @@ def test_read_only_request_resends_no_cookie_until_touch_interval(
     assert q.count == 2  # read, then the "last seen" update
     assert refreshed.session_pair() == pair
     assert refreshed.cookie().max_age == 14 * 86400
+
+
+@pytest.mark.parametrize("with_cookie", [True, False], ids=["stored", "new"])
+def test_a_write_request_serializes_the_session_once(front, with_cookie) -> None:
+    pair = front.get("/count").session_pair() if with_cookie else None
+    # Under ASGI the plan is made on the event loop and the write runs in a worker
+    # thread: both count (calls_of sees the threads the request starts).
+    with calls_of(serialization.dumps) as dumps:
+        reply = front.get_in_own_loop("/count", cookie=pair)
+    assert reply.json == {"n": 2 if with_cookie else 1}
+    assert len(dumps) == 1
+    assert reply.cookie() is not None and (pair is None or reply.session_pair() == pair)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
-"""What only the Falcon middleware has: ASGI's preload in a thread and the resource
-opt-out, under both protocols. The contract every adapter keeps is in
-test_adapter_contract.py.
+"""What only the Falcon middleware has: ASGI's preload in a thread, its save on the event
+loop where it runs no statement, and the resource opt-out, under both protocols. The
+contract every adapter keeps is in test_adapter_contract.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from storedsession import SessionStore
 
 from .fronts import FalconFront
+from .support import CountingExecutor
 
 
 @pytest.fixture(params=[True, False], ids=["asgi", "wsgi"])
@@ -41,6 +42,33 @@ def test_asgi_never_queries_on_the_event_loop(store) -> None:
     client.get("/note", cookie=pair)
     client.get("/logout", cookie=pair)
     assert loop_threads and query_threads and not loop_threads & query_threads
+
+
+def test_an_asgi_read_inside_the_touch_interval_saves_on_the_event_loop(
+    store, clock, count_queries
+) -> None:
+    front = FalconFront(store, asgi=True)
+    pair = front.get("/count").session_pair()
+    loop_thread = threading.get_ident()  # get_in_own_loop runs its event loop here
+    query_threads: list[int] = []
+    store.database.query_hooks.append(lambda event: query_threads.append(threading.get_ident()))
+    clock.advance(30)
+    worker = CountingExecutor()
+    with count_queries(store) as q:
+        reply = front.get_in_own_loop("/read", cookie=pair, executor=worker)
+    assert reply.json == {"n": 1, "new": False}
+    assert reply.set_cookies == [] and q.count == 1, q.statements
+    assert worker.jobs == 1  # the preload's read: the save ran on the loop, querying nothing
+    assert len(query_threads) == 1 and loop_thread not in query_threads
+
+    clock.advance(31)  # past the 60 s touch interval since the write: the touch is due
+    worker = CountingExecutor()
+    with count_queries(store) as q:
+        refreshed = front.get_in_own_loop("/read", cookie=pair, executor=worker)
+    assert q.count == 2, q.statements  # the read, then the "last seen" update
+    assert worker.jobs == 2 and len(query_threads) == 3 and loop_thread not in query_threads
+    assert refreshed.session_pair() == pair
+    assert refreshed.cookie().max_age == 14 * 86400
 
 
 def test_a_resource_opts_out(client, store, count_queries) -> None:

@@ -47,6 +47,17 @@ def test_the_clock_and_the_cookie_follow_the_policy() -> None:
     assert lifetime.cookie_max_age(None, 600) is None
 
 
+def test_a_touch_is_due_once_the_interval_has_passed() -> None:
+    moment = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    lifetime = Lifetime(600, None, 60, clock=lambda: moment)
+    now = lifetime.now()
+    assert lifetime.touch_due(now - 10 * MINUTE, now - MINUTE + 1) is None  # 59.999 s ago
+    assert lifetime.touch_due(now - 10 * MINUTE, now - MINUTE) == now
+    # A session created ahead of this server's clock is touched at its creation, never before.
+    assert Lifetime(600, None, 0, clock=lambda: moment).touch_due(now + 5, now + 5) == now + 5
+    assert Lifetime(600, None, 0, clock=lambda: moment).touch_due(now, now) == now
+
+
 @pytest.mark.parametrize("bad", [-1, "60", True])
 def test_a_duration_that_is_not_one_is_refused(bad: object) -> None:
     with pytest.raises((TypeError, ValueError)):
