@@ -33,7 +33,7 @@ import click
 from . import __version__
 from .database import describe, redact
 from .exceptions import ConfigurationError, StoreUnavailable, TableMissing
-from .expiry import MAX_BATCH
+from .expiry import FULL_LOAD, MAX_BATCH
 from .keys import KEYS_ENV, environment_keys, generate_key, parse_keys
 from .maintenance import Rotation, rotate_keys, stats
 from .models import DEFAULT_TABLE
@@ -251,7 +251,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     "--max-load",
     metavar="F",
     type=click.FloatRange(min=0, max=1, min_open=True),
-    default=1.0,
+    default=FULL_LOAD,
     show_default=True,
     callback=_finite,
     help=(

@@ -38,6 +38,8 @@ SHARED_BATCH_SECONDS = 0.002
 #: one write set (``wsrep_max_ws_size``, 2 GiB) even when every row holds ``max_size``'s
 #: default 1 MiB (5000 would not be); at 10 ms a batch it still sweeps 100,000 rows a second.
 MAX_BATCH = 1000
+#: The default ``max_load``: the sweep may spend all of its wall time deleting.
+FULL_LOAD = 1.0
 #: The size of the first batch, before any timing is known.
 FIRST_BATCH = 100
 #: The smallest batch the sizing goes down to: a batch slower than its budget even at this
@@ -94,7 +96,7 @@ def sweep(
     cutoff: int,
     *,
     batch_size: int = MAX_BATCH,
-    max_load: float = 1.0,
+    max_load: float = FULL_LOAD,
     max_seconds: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> SweepResult:

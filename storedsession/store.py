@@ -284,7 +284,7 @@ class SessionStore:
         self,
         batch_size: int = expiry.MAX_BATCH,
         *,
-        max_load: float = 1.0,
+        max_load: float = expiry.FULL_LOAD,
         max_seconds: float | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> int:
@@ -305,7 +305,7 @@ class SessionStore:
         self,
         batch_size: int = expiry.MAX_BATCH,
         *,
-        max_load: float = 1.0,
+        max_load: float = expiry.FULL_LOAD,
         max_seconds: float | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> expiry.SweepResult:
