@@ -117,16 +117,11 @@ def wsgi_caller(app: Any, path: str, cookie: str | None, sets_cookie: bool) -> C
     return call
 
 
-def asgi_caller(
-    app: Any, path: str, cookie: str | None, sets_cookie: bool
-) -> tuple[Call, concurrent.futures.ThreadPoolExecutor]:
+def asgi_caller(app: Any, path: str, cookie: str | None, sets_cookie: bool) -> Call:
     headers = [(b"host", b"bench")]
     if cookie:
         headers.append((b"cookie", f"session={cookie}".encode()))
     loop = asyncio.new_event_loop()
-    # One worker thread, so that its profile can be switched on and off from here.
-    executor = concurrent.futures.ThreadPoolExecutor(1)
-    loop.set_default_executor(executor)
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -156,7 +151,7 @@ def asgi_caller(
         got = any(k == b"set-cookie" for k, _ in sent[0]["headers"])
         assert got == sets_cookie, sent
 
-    return (lambda: loop.run_until_complete(one())), executor
+    return lambda: loop.run_until_complete(one())
 
 
 def calls_per_request(
@@ -183,7 +178,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        store = SessionStore(f"sqlite:///{tmp}/calls.db", keys=[generate_key()])
+        # One worker thread, so that its profile can be switched on and off from here.
+        store = SessionStore(f"sqlite:///{tmp}/calls.db", keys=[generate_key()], async_threads=1)
         store.create_table()
         session = store.load(None)
         session.update({"user_id": 1234, "counter": 0, "pad": "p" * 900})
@@ -195,15 +191,14 @@ def main() -> None:
                 cookie = session.id if with_cookie else None
                 worker = None
                 if front == "falcon-asgi":
-                    call, worker = asgi_caller(build(store), path, cookie, sets_cookie)
+                    call = asgi_caller(build(store), path, cookie, sets_cookie)
+                    worker = store._workers._pool()
                 else:
                     call = wsgi_caller(build(store), path, cookie, sets_cookie)
                 for _ in range(50):  # warm: the thread's connection, caches
                     call()
                 count = calls_per_request(call, args.requests, worker)
                 print(f"{front:12} {kind:10} {count:6.0f}")
-                if worker is not None:
-                    worker.shutdown()
         store.drop_table()
         store.close()
 

@@ -88,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             "payload_bytes": 1024,
             "workers": 2,
             "uvicorn_nodelay_fix": not args.uvicorn_as_is,
+            "async_threads": args.async_threads,
         },
         "cells": [],
     }
+    if args.async_threads is not None:  # the servers inherit the environment
+        os.environ["E2E_ASYNC_THREADS"] = str(args.async_threads)
     print(f"uptime before: {report['machine']['uptime_before']}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         for server in args.servers:
@@ -119,6 +122,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--json", default="bench/results/e2e.json")
+    parser.add_argument(
+        "--async-threads",
+        type=int,
+        default=None,
+        help="the store's async_threads under ASGI (the store's default when omitted)",
+    )
     parser.add_argument(
         "--uvicorn-as-is",
         action="store_true",

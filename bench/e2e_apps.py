@@ -9,7 +9,8 @@ The server loads one through a factory, ``bench.e2e_apps:wsgi()`` (gunicorn) or
   shows it, from a plain URL, keys from ``STOREDSESSION_KEYS``) or ``beaker`` (Beaker's
   ``SessionMiddleware`` with ``ext:database``, WSGI only);
 - ``E2E_URL``: the database, as a storedsession URL; ``E2E_TABLE``: the table;
-- ``E2E_FLOOR_KEY``: the floor's AES key, hex (the benchmark sealed its rows with it).
+- ``E2E_FLOOR_KEY``: the floor's AES key, hex (the benchmark sealed its rows with it);
+- ``E2E_ASYNC_THREADS``: the store's ``async_threads`` under ASGI, when set.
 
 Routes: ``GET /read`` returns ``session["user_id"]``; ``GET /write`` increments
 ``session["counter"]``; ``GET /new`` (storedsession, Beaker) starts a session holding the
@@ -323,7 +324,9 @@ def asgi() -> Any:
     elif variant == "storedsession":
         from storedsession.plugins.falcon import StoredSessionMiddleware
 
-        middleware = [StoredSessionMiddleware(url, table_name=table)]
+        threads = os.environ.get("E2E_ASYNC_THREADS")
+        options = {} if threads is None else {"async_threads": int(threads)}
+        middleware = [StoredSessionMiddleware(url, table_name=table, **options)]
         routes = {"/new": _AsyncNew(), "/read": _AsyncRead(), "/write": _AsyncWrite()}
     else:
         raise SystemExit(f"E2E_VARIANT={variant!r} has no ASGI form")

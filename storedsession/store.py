@@ -20,7 +20,7 @@ from typing import Any
 import peewee
 
 from . import devices, expiry, ids, serialization, signals, users
-from .aio import offload
+from .aio import THREADS, Workers, offload
 from .crypto import DecryptionFailed, Envelope
 from .exceptions import ConfigurationError
 from .keys import parse_keys
@@ -43,7 +43,9 @@ class SessionStore:
     ``max_size`` bounds the serialized JSON of one session, in bytes. ``clock`` returns
     the current UTC time, for tests. ``legacy_envelopes=False`` refuses rows still in
     envelope format 1, whose columns are not authenticated (``storedsession stats`` tells
-    when none is left; ``storedsession rotate-keys`` moves them).
+    when none is left; ``storedsession rotate-keys`` moves them). ``async_threads`` is how many
+    worker threads (per process) run the database work of async callers: the async twins
+    and the ASGI middleware.
     """
 
     def __init__(
@@ -58,10 +60,17 @@ class SessionStore:
         max_size: int = DEFAULT_MAX_SIZE,
         clock: Callable[[], datetime] | None = None,
         legacy_envelopes: bool = True,
+        async_threads: int = THREADS,
     ) -> None:
         parsed_keys = parse_keys(keys)
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 64:
             raise ConfigurationError("max_size must be a whole number of bytes, at least 64.")
+        if (
+            isinstance(async_threads, bool)
+            or not isinstance(async_threads, int)
+            or async_threads < 1
+        ):
+            raise ConfigurationError("async_threads must be a whole number, at least 1.")
         try:
             self.lifetime = Lifetime(idle_timeout, absolute_timeout, touch_interval, clock)
         except (TypeError, ValueError) as exc:
@@ -71,6 +80,8 @@ class SessionStore:
         self.table = SessionTable(database, table_name, sender=self)
         self.envelope = Envelope(parsed_keys, table_name, legacy=legacy_envelopes)
         self._writer = Writer(self.table, self.envelope, self.lifetime, max_size, self)
+        #: The threads that the async twins and the ASGI middleware run database work in.
+        self._workers = Workers(async_threads)
         # What load uses, one hop away (a load is counted in attribute hops).
         self._connection = self.table.connector
         self._sql = self.table.statements
@@ -328,7 +339,9 @@ class SessionStore:
         return self._connection()
 
     def close(self) -> None:
-        """Close the database if the store built it from a URL (pools close all)."""
+        """Close the database if the store built it from a URL (pools close all), and stop
+        the store's worker threads once their jobs are done."""
+        self._workers.shutdown()
         self.table.close()
 
     # -- async twins ---------------------------------------------------------------

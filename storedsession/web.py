@@ -17,7 +17,6 @@ is taken here, and so is reading the ``Cookie`` header and checking the cookie o
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -327,7 +326,7 @@ class RequestSession:
         if ids.is_public_id(self.cookie):
             try:
                 # store.aload, without its wrapping coroutine (2 calls)
-                self.session = await asyncio.to_thread(self.core.store.load, self.cookie)
+                self.session = await self.core.store._workers.run(self.core.store.load, self.cookie)
             except StoreUnavailable as exc:
                 self._preload_error = exc
             else:
@@ -385,7 +384,7 @@ class RequestSession:
         # without data, or a read inside the touch interval). The plan is made here,
         # serializing a changed session at most once, and handed on to the save.
         if self._held is not None:
-            return await asyncio.to_thread(self.finish, status)
+            return await self.core.store._workers.run(self.finish, status)
         if not self.accessed or self.failed or status >= 500:
             return self.finish(status)
         session = self.session
@@ -396,7 +395,7 @@ class RequestSession:
             raise
         if self.core.store._writes_nothing(session, plan):
             return self.finish(status, _WRITES_NOTHING)
-        return await asyncio.to_thread(self.finish, status, plan)
+        return await self.core.store._workers.run(self.finish, status, plan)
 
     def close(self) -> None:
         """Return the request's connection, if it holds one."""
@@ -426,6 +425,7 @@ class StoreOptions(TypedDict, total=False):
     max_size: int
     clock: Callable[[], datetime] | None
     legacy_envelopes: bool
+    async_threads: int
 
 
 class AdapterOptions(StoreOptions, total=False):

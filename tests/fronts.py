@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, Protocol
 
 import bottle
@@ -375,18 +374,13 @@ class FalconFront:
         result = self.client.simulate_get(**options)
         return Reply(result.status_code, self._seen.headers, result.content)
 
-    def get_in_own_loop(
-        self, path: str, *, cookie: str | None = None, executor: ThreadPoolExecutor | None = None
-    ) -> Reply:
-        """See :meth:`Front.get_in_own_loop`; under ASGI, ``executor`` is the loop's default
-        (its worker threads), shut down with the loop."""
+    def get_in_own_loop(self, path: str, *, cookie: str | None = None) -> Reply:
+        """See :meth:`Front.get_in_own_loop`."""
         # TestClient runs every ASGI request on one shared loop.
         if not self.asgi:
             return self.get(path, cookie=cookie)
 
         async def run() -> falcon.testing.Result:
-            if executor is not None:
-                asyncio.get_running_loop().set_default_executor(executor)
             async with falcon.testing.ASGIConductor(self.wire) as conductor:
                 return await conductor.simulate_get(**self._options(path, cookie, False, None))
 

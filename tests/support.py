@@ -1,5 +1,5 @@
 """Helpers shared by the tests: backends, a clock, a query counter, rows as stored, a
-count of a function's calls and of the jobs a loop gives its threads.
+count of a function's calls and of the jobs a store gives its threads.
 
 Fixtures live in conftest.py, which imports from here (never the reverse); test modules
 import helpers from here, never from conftest.py or from one another.
@@ -11,7 +11,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ import pytest
 from playhouse import db_url
 
 from storedsession import SessionStore
+from storedsession.aio import Workers
 
 from .pgbouncer import PgBouncer
 
@@ -85,17 +85,17 @@ class FakeClock:
 T = TypeVar("T")
 
 
-class CountingExecutor(ThreadPoolExecutor):
-    """A thread pool that counts the jobs it is given: as an event loop's default
-    executor, how often a request went to a worker thread (``asyncio.to_thread``)."""
+class CountingWorkers(Workers):
+    """A store's worker threads that count the jobs they are given: as ``store._workers``,
+    how often a request went to a worker thread."""
 
     def __init__(self) -> None:
-        super().__init__(max_workers=1)
+        super().__init__(threads=1)
         self.jobs = 0
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    async def run(self, function: Callable[..., T], /, *args: Any) -> T:
         self.jobs += 1
-        return super().submit(fn, *args, **kwargs)
+        return await super().run(function, *args)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import pytest
 from storedsession import SessionStore
 
 from .fronts import FalconFront
-from .support import CountingExecutor
+from .support import CountingWorkers
 
 
 @pytest.fixture(params=[True, False], ids=["asgi", "wsgi"])
@@ -53,18 +53,18 @@ def test_an_asgi_read_inside_the_touch_interval_saves_on_the_event_loop(
     query_threads: list[int] = []
     store.database.query_hooks.append(lambda event: query_threads.append(threading.get_ident()))
     clock.advance(30)
-    worker = CountingExecutor()
+    store._workers = worker = CountingWorkers()
     with count_queries(store) as q:
-        reply = front.get_in_own_loop("/read", cookie=pair, executor=worker)
+        reply = front.get_in_own_loop("/read", cookie=pair)
     assert reply.json == {"n": 1, "new": False}
     assert reply.set_cookies == [] and q.count == 1, q.statements
     assert worker.jobs == 1  # the preload's read: the save ran on the loop, querying nothing
     assert len(query_threads) == 1 and loop_thread not in query_threads
 
     clock.advance(31)  # past the 60 s touch interval since the write: the touch is due
-    worker = CountingExecutor()
+    store._workers = worker = CountingWorkers()
     with count_queries(store) as q:
-        refreshed = front.get_in_own_loop("/read", cookie=pair, executor=worker)
+        refreshed = front.get_in_own_loop("/read", cookie=pair)
     assert q.count == 2, q.statements  # the read, then the "last seen" update
     assert worker.jobs == 2 and len(query_threads) == 3 and loop_thread not in query_threads
     assert refreshed.session_pair() == pair

@@ -7,6 +7,7 @@ parent work at once. Server connections are told apart by their server-side ids.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -107,6 +108,49 @@ def test_multiprocessing_children_and_the_parent_work_at_once(make_store, backen
     assert connection_id(store, backend) == before
     expected = {"start": True, "parent": ROUNDS, **{f"child{i}": ROUNDS for i in range(CHILDREN)}}
     assert dict(store.load(shared)) == expected
+
+
+def _async_child(store: SessionStore, shared: str, key: str, results: Any) -> None:
+    async def work() -> int:
+        session = await store.aload(shared)
+        session[key] = os.getpid()
+        await store.asave(session)
+        return await store._workers.run(threading.get_ident)
+
+    try:
+        results.put((key, asyncio.run(work())))
+    except BaseException as exc:
+        results.put((key, repr(exc)))
+
+
+def test_forked_children_run_async_work_in_threads_of_their_own(make_store) -> None:
+    store = make_store()
+    shared = stored(store, start=True)
+    # The parent's worker threads are started, and idle, when it forks: a child that
+    # handed its jobs to the executor it inherited would wait for them for ever.
+    asyncio.run(store.aload(shared))
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    children = [
+        context.Process(target=_async_child, args=(store, shared, f"child{i}", results))
+        for i in range(CHILDREN)
+    ]
+    for child in children:
+        child.start()
+    try:
+        parent = asyncio.run(store.aload(shared))  # the parent works while its children do
+        reports = dict(results.get(timeout=30) for _ in children)
+        for child in children:
+            child.join(30)
+    finally:
+        for child in children:
+            if child.is_alive():  # a hung child must not outlive the test
+                child.kill()
+    assert [child.exitcode for child in children] == [0] * CHILDREN
+    assert all(isinstance(thread, int) for thread in reports.values()), reports
+    assert parent["start"] is True
+    final = store.load(shared)
+    assert sorted(final) == sorted(["start", *(f"child{i}" for i in range(CHILDREN))])
 
 
 def _fork_without_hooks(url: str, keys: list[str], table: str, backend: str, out: Any) -> None:
