@@ -162,7 +162,7 @@ def assert_room_for_the_pool(url: str) -> None:
             used = admin.execute_sql("SELECT COUNT(*) FROM pg_stat_activity")
         free = int(limit) - int(used.fetchone()[0])
     # The app never holds more than one connection per worker thread (waitress's, or
-    # asyncio's default executor's, min(32, cpus + 4)).
+    # the store's async_threads).
     assert free >= WSGI_THREADS + 4, f"the server has only {free} free connections"
 
 
