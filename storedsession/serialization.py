@@ -14,7 +14,11 @@ MAX_DEPTH = 64
 _SCALARS = frozenset((str, int, bool, type(None)))
 _CONTAINERS = frozenset((dict, list))
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_decode = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_decode = _decoder.decode
+#: The C scanner under ``_decode``: what :func:`dumps` wrote, it parses whole in one call,
+#: without the two regular expressions and two Python calls of ``decode`` around it.
+_scan = _decoder.scan_once  # type: ignore[attr-defined]  # set in __init__, not typed
 
 
 def _scalar(value: Any, kind: type, key: str) -> None:
@@ -80,7 +84,13 @@ def dumps(data: dict[str, Any]) -> bytes:
 
 def loads(raw: bytes) -> dict[str, Any]:
     """Parse what :func:`dumps` wrote; anything else raises ``ValueError``."""
-    data = _decode(raw.decode("utf-8", "surrogatepass"))
+    text = raw.decode("utf-8", "surrogatepass")
+    try:
+        data, end = _scan(text, 0)
+    except StopIteration:  # not a JSON value at the start: the full parser says why
+        end = -1
+    if end != len(text):  # whitespace around it, or more after it: as json.loads decides
+        data = _decode(text)
     if type(data) is not dict:
         raise ValueError("a session payload is a JSON object")
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 
@@ -138,3 +139,32 @@ def test_datetime_values_are_refused() -> None:
 
     with pytest.raises(SerializationError):
         dumps({"when": datetime(2026, 1, 1)})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=json_values,
+    before=st.sampled_from(["", " ", "\n\t"]),
+    after=st.sampled_from(["", " ", "\n", "x", "}", ",1", "{}"]),
+    compact=st.booleans(),
+)
+def test_payloads_parse_exactly_as_json_loads_would(value, before, after, compact) -> None:
+    from storedsession.serialization import loads
+
+    text = before + json.dumps(value, separators=(",", ":") if compact else None) + after
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        expected = ValueError
+    if expected is ValueError or type(expected) is not dict:
+        with pytest.raises(ValueError):
+            loads(text.encode("utf-8", "surrogatepass"))
+    else:
+        assert loads(text.encode("utf-8", "surrogatepass")) == expected
