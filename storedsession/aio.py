@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
@@ -34,11 +33,11 @@ class Workers:
     that forked): it starts a pool of its own before its first job.
     """
 
-    def __init__(self, threads: int = THREADS) -> None:
+    def __init__(self, threads: int) -> None:
         self.threads = threads
         self._executor: ThreadPoolExecutor | None = None
-        self._generation = forks.generation()
-        self._lock = threading.Lock()
+        self._generation = forks.generation()  # of the process that made _executor
+        self._lock = forks.Lock()
 
     async def run(self, function: Callable[..., R], /, *args: Any) -> R:
         """Run ``function(*args)`` in a worker thread, in the caller's context (as
@@ -50,7 +49,7 @@ class Workers:
         executor = self._executor
         if executor is not None and self._generation == forks.generation():
             return executor
-        with self._locked():
+        with self._lock:
             if self._executor is None or self._generation != forks.generation():
                 # An inherited executor is dropped, not shut down: its threads are the
                 # parent's, and shutting it down would wait for them.
@@ -60,15 +59,9 @@ class Workers:
                 self._generation = forks.generation()
             return self._executor
 
-    def _locked(self) -> threading.Lock:
-        # A lock inherited from the parent may be held by a thread the child does not have.
-        if self._generation != forks.generation():
-            self._lock = threading.Lock()
-        return self._lock
-
     def shutdown(self) -> None:
         """Stop the threads once their jobs are done; a later job starts new ones."""
-        with self._locked():
+        with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None and self._generation == forks.generation():
             executor.shutdown(wait=False)

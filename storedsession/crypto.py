@@ -25,9 +25,10 @@ is the data alone. It still opens, unless ``legacy=False``, and always "needs ro
 
 Concurrency: the sub-key in use and its header are one immutable :class:`_Sealer`,
 replaced whole, so a thread never pairs a new header with an old sub-key. Its generation
-says which process drew it: a forked child renews before its first message, and makes
-itself a new lock first (one inherited may be held by a thread that does not exist in the
-child). Two threads racing there at worst both renew, each with its own fresh salt.
+says which process drew it: a forked child renews before its first message, under a
+lock of its own (:class:`storedsession.forks.Lock`; one inherited may be held by a thread
+that does not exist in the child). Two threads racing there at worst both renew, each
+with its own fresh salt.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import itertools
 import os
 import struct
-import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -140,8 +140,7 @@ class Envelope:
         self._by_id: dict[bytes, list[Key]] = {}
         for key in self.keys:
             self._by_id.setdefault(key.key_id, []).append(key)
-        self._lock = threading.Lock()
-        self._lock_generation = forks.generation()
+        self._lock = forks.Lock()
         self._cache: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._sealer = self._new_sealer()
 
@@ -156,18 +155,11 @@ class Envelope:
             forks.generation(),
         )
 
-    def _locked(self) -> threading.Lock:
-        """Return this process's lock, a new one in a forked child."""
-        generation = forks.generation()
-        if self._lock_generation != generation:
-            self._lock, self._lock_generation = threading.Lock(), generation
-        return self._lock
-
     def _current(self) -> _Sealer:
         sealer = self._sealer
         if sealer.generation == forks.generation() and next(sealer.budget) > 0:
             return sealer
-        with self._locked():
+        with self._lock:
             if self._sealer is sealer:  # no other thread renewed it meanwhile
                 self._sealer = self._new_sealer()
             return self._sealer
@@ -247,7 +239,7 @@ class Envelope:
         return envelope[:1] != _VERSION_BYTE or envelope[1:5] != self.keys[0].key_id
 
     def _remember(self, subkey: bytes, aead: AESGCM) -> None:
-        with self._locked():
+        with self._lock:
             self._cache[subkey] = aead
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)  # the oldest salt first

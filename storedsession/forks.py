@@ -22,6 +22,7 @@ import mmap
 import os
 import platform
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -90,3 +91,23 @@ generation: Callable[[], int] = _generation_by_pid if _marker is None else _gene
 def abandon(*objects: Any) -> None:
     """Keep inherited objects alive and unused, so that nothing ever closes them."""
     _abandoned.extend(o for o in objects if o is not None)
+
+
+class Lock:
+    """A lock of this process: ``with lock:``. A forked child uses a new one, never the
+    lock it inherited, which may be held by a thread the child does not have."""
+
+    __slots__ = ("_lock", "_generation")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = generation()
+
+    def __enter__(self) -> bool:
+        current = generation()
+        if self._generation != current:
+            self._lock, self._generation = threading.Lock(), current
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
