@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import peewee
 
+from .checks import is_whole
 from .database import is_sqlite
 from .sql import Statements
 
@@ -76,7 +77,7 @@ class SweepResult(NamedTuple):
 
 def check_options(batch_size: int, max_load: float, max_seconds: float | None) -> None:
     """Raise ``ValueError`` for options no sweep can follow."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_whole(batch_size, 1):
         raise ValueError("batch_size must be a positive whole number.")
     if not _number(max_load) or not 0 < max_load <= 1:
         raise ValueError("max_load must be a number in (0, 1]: the share of time spent deleting.")

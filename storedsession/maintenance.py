@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import peewee
 
+from .checks import is_whole
 from .crypto import FORMAT_VERSION, LEGACY_FORMAT, DecryptionFailed
 from .database import is_mysql, is_sqlite
 from .lifetime import now_ms, utc
@@ -86,7 +87,7 @@ def rotate_keys(
     format are rewritten even under the first key. ``progress`` is called with the size of
     each batch.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_whole(batch_size, 1):
         raise ValueError("batch_size must be a positive whole number.")
     model = store.model
     report = Rotation()

@@ -21,6 +21,7 @@ import peewee
 
 from . import devices, expiry, ids, serialization, signals, users
 from .aio import THREADS, Workers, offload
+from .checks import is_whole
 from .crypto import DecryptionFailed, Envelope
 from .exceptions import ConfigurationError
 from .keys import parse_keys
@@ -65,13 +66,9 @@ class SessionStore:
         async_threads: int = THREADS,
     ) -> None:
         parsed_keys = parse_keys(keys)
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 64:
+        if not is_whole(max_size, 64):
             raise ConfigurationError("max_size must be a whole number of bytes, at least 64.")
-        if (
-            isinstance(async_threads, bool)
-            or not isinstance(async_threads, int)
-            or async_threads < 1
-        ):
+        if not is_whole(async_threads, 1):
             raise ConfigurationError("async_threads must be a whole number, at least 1.")
         try:
             self.lifetime = Lifetime(idle_timeout, absolute_timeout, touch_interval, clock)
