@@ -11,7 +11,7 @@ as many, and prints instructions per operation:
 - ``floor read`` / ``floor write``: ``bench/floor.py`` over its own raw connection;
 - ``row, raw``: the store's own read done by hand as the floor does its own, over a raw
   connection of the same kind: hash the id, the store's SELECT of its seven columns (on
-  MySQL five of them packed in one, as the store reads them),
+  MySQL and PostgreSQL five of them packed in one, as the store reads them),
   ``envelope.open`` (format 2 binds four of them) and the JSON parse. What it adds to
   ``floor read`` is the richer row; what ``read, held`` adds to it is the library's code;
 - ``read`` / ``write``: the README's default path, a store built from a plain URL and

@@ -382,7 +382,8 @@ def test_every_column_reads_back_as_written(
     make_store, idle_timeout, absolute_timeout, own_idle
 ) -> None:
     # NULL expiry and idle timeout included: MySQL reads five of the columns packed in
-    # one text column, which must give back None, 0 and every integer as they were.
+    # one text column and PostgreSQL in one array, which must give back None, 0 and
+    # every integer as they were.
     store = make_store(idle_timeout=idle_timeout, absolute_timeout=absolute_timeout)
     session = store.load(None)
     session["a"] = 1
