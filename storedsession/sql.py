@@ -15,24 +15,25 @@ import peewee
 
 from .database import is_mysql, is_sqlite
 
-COLUMNS = "payload, user_id, created_at, last_seen_at, expires_at, idle_timeout, version"
+#: The columns of a session's row that every read returns, in its order: the two that
+#: are not integers, then the integers (which MySQL and PostgreSQL read packed in one).
+_LEADING = "payload, user_id"
+_NUMBERS = ("created_at", "last_seen_at", "expires_at", "idle_timeout", "version")
+COLUMNS = f"{_LEADING}, {', '.join(_NUMBERS)}"
 
-#: MySQL's ``select``: the five integers of :data:`COLUMNS` in one text column. PyMySQL
-#: parses the descriptor of every column of every result in Python: four columns fewer
-#: take 190,000 instructions off a query of 460,000 (``SELECT`` and ``fetchone`` alone,
-#: under callgrind), a third of a session read.
+#: MySQL's ``select``: the five integers of :data:`COLUMNS` in one text column (NULL as
+#: the empty string). PyMySQL parses the descriptor of every column of every result in
+#: Python: four columns fewer take 190,000 instructions off a query of 460,000
+#: (``SELECT`` and ``fetchone`` alone, under callgrind), a third of a session read.
 _MYSQL_PACKED = (
-    "payload, user_id, CONCAT(created_at, ',', last_seen_at, ',', COALESCE(expires_at, ''), "
-    "',', COALESCE(idle_timeout, ''), ',', version)"
+    f"{_LEADING}, CONCAT(" + ", ',', ".join(f"COALESCE({column}, '')" for column in _NUMBERS) + ")"
 )
 
 #: PostgreSQL's ``select``: the five integers of :data:`COLUMNS` in one ``bigint[]``, which
 #: the driver reads as a list of ints and Nones in C. psycopg2 decodes the name of every
 #: column of every result through Python's UTF-8 codec: four columns fewer take 13,000
 #: instructions off every read (``python -m bench.instructions``: 205,700 to 192,500).
-_POSTGRES_PACKED = (
-    "payload, user_id, ARRAY[created_at, last_seen_at, expires_at, idle_timeout, version]"
-)
+_POSTGRES_PACKED = f"{_LEADING}, ARRAY[{', '.join(_NUMBERS)}]"
 
 
 def _unpack_mysql(row: tuple[Any, ...]) -> tuple[Any, ...]:
